@@ -139,6 +139,9 @@ check "envoy metrics listener serves only GET /stats/prometheus" metrics_listene
 
 # --- Prometheus and Alertmanager --------------------------------------------------------------------------
 check "promtool check config envoy/prometheus/prometheus.yml" promtool check config envoy/prometheus/prometheus.yml
+METRICS_PORT=20002 UPSTREAM_PORT=18000 ALERTMANAGER_PORT=20093 SCRAPE_INTERVAL=1s \
+    envoy/render.sh prometheus >"$TMP/prometheus-rendered.yml"
+check "promtool check config render.sh prometheus variant" promtool check config "$TMP/prometheus-rendered.yml"
 check "promtool check rules envoy/prometheus/alerts.yml" promtool check rules envoy/prometheus/alerts.yml
 check "promtool test rules envoy/prometheus/alerts_test.yml" promtool test rules envoy/prometheus/alerts_test.yml
 check "amtool check-config envoy/alertmanager/alertmanager.yml" amtool check-config envoy/alertmanager/alertmanager.yml
