@@ -13,6 +13,7 @@
 #     is rejected
 #   - the metrics listener of a running Envoy serves GET /stats/prometheus and nothing else
 #   - promtool check config / check rules / test rules; amtool check-config and its routing by severity
+#   - shellcheck on the scripts in envoy/
 #   - Istio manifests against Istio's CRD schemas (validate-istio.mjs), and every target against the
 #     filter's metric names and labels (check-contract.mjs)
 #   - the Grafana dashboard is valid JSON and each of its queries parses in a real Prometheus
@@ -20,7 +21,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 2
 ENVOY="$ROOT/.venv/bin/envoy"
 WASM_DEFAULT="target/wasm32-wasip1/release/llm_metrics_filter.wasm"
 WASM="${LLM_FILTER_WASM:-$WASM_DEFAULT}"
@@ -62,6 +63,7 @@ tools_present() {
     need prometheus "run envoy/setup.sh --test" || ok=1
     need amtool "run envoy/setup.sh --test" || ok=1
     need node "run envoy/setup.sh --test" || ok=1
+    need shellcheck "run envoy/setup.sh --test" || ok=1
     [ -f .cache/npm/node_modules/@kubernetes-models/istio/package.json ] ||
         { echo "missing @kubernetes-models/istio: run envoy/setup.sh --test"; ok=1; }
     return $ok
@@ -148,6 +150,8 @@ check "amtool check-config envoy/alertmanager/alertmanager.yml" amtool check-con
 route() { amtool config routes test --config.file=envoy/alertmanager/alertmanager.yml --verify.receivers="$1" "${@:2}"; }
 check "alertmanager routes severity=critical to llm-oncall-pager" route llm-oncall-pager severity=critical alertname=LLMGatewayErrorRateHigh model=m
 check "alertmanager routes severity=warning to llm-team" route llm-team severity=warning alertname=LLMEngineKVCacheNearlyFull model_name=m
+
+check "shellcheck envoy/*.sh" shellcheck envoy/setup.sh envoy/render.sh envoy/check.sh
 
 # --- Istio ----------------------------------------------------------------------------------------------------
 check "Istio manifests valid against Istio's CRD schemas" node envoy/validate-istio.mjs envoy/istio/*.yaml

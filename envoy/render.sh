@@ -37,8 +37,11 @@ esac
 [ -f "$template" ] || { echo "render.sh: template not found: $template" >&2; exit 1; }
 
 fail() { echo "render.sh: $*" >&2; exit 1; }
-is_port() { [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge 1 ] && [ "$2" -le 65535 ] ||
-    fail "$1 must be a port number 1-65535, got '$2'"; }
+is_port() {
+    if ! [[ "$2" =~ ^[0-9]+$ ]] || [ "$2" -lt 1 ] || [ "$2" -gt 65535 ]; then
+        fail "$1 must be a port number 1-65535, got '$2'"
+    fi
+}
 for v in GATEWAY_PORT ADMIN_PORT METRICS_PORT UPSTREAM_PORT ALERTMANAGER_PORT; do
     if [ -n "${!v:-}" ]; then is_port "$v" "${!v}"; fi
 done

