@@ -1,1 +1,45 @@
-//! placeholder
+//! # llm-metrics-filter
+//!
+//! A proxy-wasm HTTP filter for Envoy that watches OpenAI-compatible LLM traffic — chat completions,
+//! completions, embeddings and the Responses API, streamed (SSE) or not — and reports per-model
+//! requests, tokens, time to first token, time per output token, duration, outcomes and requests in
+//! flight through Envoy's own stats, which Prometheus scrapes from `/stats/prometheus`.
+//!
+//! It only observes: it never changes a byte, never pauses a stream, never answers a request itself.
+//! What it cannot read (an oversized body, a compressed response, a malformed event) it counts in
+//! `llm_filter_errors_total` and lets through.
+//!
+//! ## Layout: bytes in → events → observations → stats
+//! - [`sse`]: incremental `text/event-stream` decoder (bytes → events), split-safe at any byte.
+//! - [`openai`]: narrow JSON views (request → model/stream, body/event → usage, token, end, error).
+//! - [`exchange`]: one request/response as a state machine fed bytes and clock values → [`exchange::Observation`].
+//! - [`metrics`]: the public metrics contract (names, labels, tag encoding) and observation → stat ops.
+//! - [`model`]: the bounded `model` label (sanitising, allowlist, process-wide cap).
+//! - [`config`]: the strict JSON plugin configuration.
+//! - `host` (wasm32 only): the one module that talks to the proxy-wasm host.
+//!
+//! Everything except `host` is plain Rust, unit-tested natively:
+//!
+//! ```
+//! use llm_metrics_filter::{config::Config, exchange::Exchange, metrics::{Api, Outcome}, model::ModelId};
+//!
+//! let config = Config::default();
+//! let mut ex = Exchange::new(Api::ChatCompletions, 0);
+//! ex.request_body(br#"{"model":"m","stream":true}"#, true, &config, &mut |_| ModelId(2));
+//! ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+//! ex.response_body(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n", false, &config, &mut || 150_000_000);
+//! ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 160_000_000);
+//! let obs = ex.finish(170_000_000, &mut || false);
+//! assert_eq!(obs.outcome, Outcome::Completed);
+//! assert_eq!(obs.ttft_ms, Some(150));
+//! ```
+
+pub mod config;
+pub mod exchange;
+pub mod metrics;
+pub mod model;
+pub mod openai;
+pub mod sse;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

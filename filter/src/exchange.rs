@@ -1,0 +1,433 @@
+//! One LLM request/response exchange, as a state machine fed bytes and clock values.
+//!
+//! The host shell calls, in Envoy's order: [`Exchange::new`] at the request headers,
+//! [`Exchange::request_body`] per request chunk, [`Exchange::response_headers`],
+//! [`Exchange::response_body`] per response chunk, and [`Exchange::finish`] from `on_log` — which Envoy
+//! calls exactly once per stream, also when the client or the upstream went away and no
+//! `end_of_stream` ever arrived. `finish` returns the [`Observation`]; nothing here touches the host.
+//!
+//! Memory per exchange: this struct (about 200 bytes) plus, while they are being read, the request
+//! body (at most `max_request_body_bytes`, freed once parsed), a non-streaming response body (at most
+//! `max_response_body_bytes`, freed once parsed) or the SSE decoder's partial line and event (at most
+//! twice `max_event_bytes`). Nothing grows with the number of stream events.
+
+use crate::config::Config;
+use crate::metrics::{
+    Api, ErrorKind, ErrorSet, Op, Outcome, Series, Source, StatusClass, TokenType,
+};
+use crate::model::ModelId;
+use crate::openai::{self, Usage};
+use crate::sse::{self, Decoder, Item};
+
+const NANOS_PER_MILLI: u64 = 1_000_000;
+const NANOS_PER_MICRO: u64 = 1_000;
+
+#[derive(Debug)]
+enum RequestBody {
+    /// Collecting the body (empty until a second chunk arrives: a body that comes in one chunk is
+    /// parsed straight from the host's buffer).
+    Reading(Vec<u8>),
+    /// The model label is decided.
+    Done,
+}
+
+#[derive(Debug)]
+enum ResponseBody {
+    /// No response headers yet.
+    Waiting,
+    /// A JSON body being collected.
+    Json(Vec<u8>),
+    /// A `text/event-stream` body being decoded.
+    Sse(Box<Decoder>),
+    /// A body the filter does not read (error status, encoded, over the bound, or already parsed).
+    Skip,
+}
+
+/// The state of one exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    api: Api,
+    start_ns: u64,
+    request: RequestBody,
+    model: ModelId,
+    active: bool,
+    stream_requested: Option<bool>,
+    status: Option<u16>,
+    sse: bool,
+    response: ResponseBody,
+    response_ended: bool,
+    usage: Option<Usage>,
+    token_events: u64,
+    first_token_ns: Option<u64>,
+    last_token_ns: u64,
+    stream_end_seen: bool,
+    error_seen: bool,
+    errors: ErrorSet,
+}
+
+/// Everything the metrics need about a finished exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub api: Api,
+    pub model: ModelId,
+    pub streaming: bool,
+    pub status: StatusClass,
+    pub outcome: Outcome,
+    pub usage: Option<Usage>,
+    /// Token-bearing stream events (the output estimate when no usage arrived).
+    pub token_events: u64,
+    pub ttft_ms: Option<u64>,
+    pub duration_ms: u64,
+    pub tpot_us: Option<u64>,
+    pub errors: ErrorSet,
+    /// The active-requests gauge was raised for this exchange and must be lowered.
+    pub was_active: bool,
+}
+
+fn is_event_stream(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.trim_start()
+            .get(..17)
+            .is_some_and(|p| p.eq_ignore_ascii_case("text/event-stream"))
+    })
+}
+
+fn is_identity(content_encoding: Option<&str>) -> bool {
+    content_encoding.is_none_or(|e| {
+        let e = e.trim();
+        e.is_empty() || e.eq_ignore_ascii_case("identity")
+    })
+}
+
+impl Exchange {
+    /// A new exchange whose request headers were seen at `now_ns`.
+    pub fn new(api: Api, now_ns: u64) -> Exchange {
+        Exchange {
+            api,
+            start_ns: now_ns,
+            request: RequestBody::Reading(Vec::new()),
+            model: ModelId::UNKNOWN,
+            active: false,
+            stream_requested: None,
+            status: None,
+            sse: false,
+            response: ResponseBody::Waiting,
+            response_ended: false,
+            usage: None,
+            token_events: 0,
+            first_token_ns: None,
+            last_token_ns: 0,
+            stream_end_seen: false,
+            error_seen: false,
+            errors: ErrorSet::default(),
+        }
+    }
+
+    /// Whether the request body is still wanted (the shell skips the host copy otherwise).
+    pub fn wants_request_body(&self) -> bool {
+        matches!(self.request, RequestBody::Reading(_))
+    }
+
+    /// Whether response body bytes are still wanted.
+    pub fn wants_response_body(&self) -> bool {
+        matches!(self.response, ResponseBody::Json(_) | ResponseBody::Sse(_))
+    }
+
+    /// The API kind of this exchange.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// The model label chosen for this exchange.
+    pub fn model(&self) -> ModelId {
+        self.model
+    }
+
+    /// Feeds a request body chunk. `end` marks the last one. When the model label gets decided (the
+    /// body ended, or went over the bound) `resolve` maps the raw model name to a label id, and the
+    /// function returns `true`: the exchange is now in flight (raise the active-requests gauge).
+    pub fn request_body(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        config: &Config,
+        resolve: &mut dyn FnMut(Option<&str>) -> ModelId,
+    ) -> bool {
+        let RequestBody::Reading(buf) = &mut self.request else {
+            return false;
+        };
+        if buf.len() + chunk.len() > config.max_request_body_bytes {
+            self.errors.insert(ErrorKind::RequestTooLarge);
+            self.request = RequestBody::Done;
+            return self.decided(resolve(None));
+        }
+        if !end {
+            buf.extend_from_slice(chunk);
+            return false;
+        }
+        let whole;
+        let body: &[u8] = if buf.is_empty() {
+            chunk
+        } else {
+            buf.extend_from_slice(chunk);
+            whole = std::mem::take(buf);
+            &whole
+        };
+        let model = match openai::parse_request(body) {
+            Ok(info) => {
+                self.stream_requested = info.stream;
+                resolve(info.model.as_deref())
+            }
+            Err(_) => {
+                self.errors.insert(ErrorKind::RequestParse);
+                resolve(None)
+            }
+        };
+        self.request = RequestBody::Done;
+        self.decided(model)
+    }
+
+    /// The request ended with trailers: whatever body arrived is complete.
+    pub fn request_trailers(
+        &mut self,
+        config: &Config,
+        resolve: &mut dyn FnMut(Option<&str>) -> ModelId,
+    ) -> bool {
+        self.request_body(&[], true, config, resolve)
+    }
+
+    fn decided(&mut self, model: ModelId) -> bool {
+        self.model = model;
+        self.active = true;
+        true
+    }
+
+    /// The response headers: status, `content-type`, `content-encoding`; `end` when there is no body.
+    pub fn response_headers(
+        &mut self,
+        status: Option<u16>,
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        end: bool,
+        config: &Config,
+    ) {
+        self.status = status;
+        self.sse = is_event_stream(content_type);
+        let failed = status.is_some_and(|s| s >= 400);
+        self.response = if !is_identity(content_encoding) {
+            self.errors.insert(ErrorKind::EncodedBody);
+            ResponseBody::Skip
+        } else if failed {
+            // The status already says "error"; an error body is never a parse failure.
+            ResponseBody::Skip
+        } else if self.sse {
+            ResponseBody::Sse(Box::new(Decoder::new(config.max_event_bytes)))
+        } else {
+            ResponseBody::Json(Vec::new())
+        };
+        if end {
+            self.response_end();
+        }
+    }
+
+    /// Feeds a response body chunk. `now` is called at most once, and only when the chunk carries a
+    /// token-bearing event, so the shell reads the clock only when it matters.
+    pub fn response_body(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        config: &Config,
+        now: &mut dyn FnMut() -> u64,
+    ) {
+        match &mut self.response {
+            ResponseBody::Sse(decoder) => {
+                let mut tokens = 0u64;
+                let mut state = StreamState {
+                    usage: &mut self.usage,
+                    end: &mut self.stream_end_seen,
+                    error: &mut self.error_seen,
+                    errors: &mut self.errors,
+                };
+                decoder.feed(chunk, &mut |item| state.item(item, &mut tokens));
+                if tokens > 0 {
+                    let t = now();
+                    self.first_token_ns.get_or_insert(t);
+                    self.last_token_ns = t;
+                    self.token_events += tokens;
+                }
+            }
+            ResponseBody::Json(buf) => {
+                if buf.len() + chunk.len() > config.max_response_body_bytes {
+                    self.errors.insert(ErrorKind::ResponseTooLarge);
+                    self.response = ResponseBody::Skip;
+                } else {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+            ResponseBody::Waiting | ResponseBody::Skip => {}
+        }
+        if end {
+            self.response_end();
+        }
+    }
+
+    /// The response ended (last body chunk, or trailers).
+    pub fn response_end(&mut self) {
+        self.response_ended = true;
+        match std::mem::replace(&mut self.response, ResponseBody::Skip) {
+            ResponseBody::Json(buf) => match openai::parse_response(&buf) {
+                Ok(info) => {
+                    self.usage = info.usage;
+                    self.error_seen |= info.error;
+                }
+                Err(_) => self.errors.insert(ErrorKind::ResponseParse),
+            },
+            ResponseBody::Sse(_) | ResponseBody::Skip | ResponseBody::Waiting => {}
+        }
+    }
+
+    /// Ends the exchange at `now_ns` (from `on_log`). `downstream_disconnected` is asked only when the
+    /// response did not end, to tell a client abort from an upstream one.
+    pub fn finish(
+        &mut self,
+        now_ns: u64,
+        downstream_disconnected: &mut dyn FnMut() -> bool,
+    ) -> Observation {
+        let outcome = if self.status.is_some_and(|s| s >= 400) || self.error_seen {
+            Outcome::Error
+        } else if self.response_ended {
+            if !self.sse || self.stream_end_seen {
+                Outcome::Completed
+            } else {
+                Outcome::UpstreamAbort
+            }
+        } else if downstream_disconnected() {
+            Outcome::ClientAbort
+        } else {
+            Outcome::UpstreamAbort
+        };
+        let ttft_ms = match (self.sse, self.first_token_ns) {
+            (true, Some(first)) => Some(first.saturating_sub(self.start_ns) / NANOS_PER_MILLI),
+            _ => None,
+        };
+        let output = self
+            .usage
+            .and_then(|u| u.output)
+            .unwrap_or(self.token_events);
+        let tpot_us = match (ttft_ms, output) {
+            (Some(_), n) if n >= 2 => self
+                .first_token_ns
+                .map(|first| self.last_token_ns.saturating_sub(first) / NANOS_PER_MICRO / (n - 1)),
+            _ => None,
+        };
+        Observation {
+            api: self.api,
+            model: self.model,
+            streaming: self.stream_requested.unwrap_or(self.sse),
+            status: StatusClass::from_status(self.status),
+            outcome,
+            usage: self.usage,
+            token_events: self.token_events,
+            ttft_ms,
+            duration_ms: now_ns.saturating_sub(self.start_ns) / NANOS_PER_MILLI,
+            tpot_us,
+            errors: self.errors,
+            was_active: self.active,
+        }
+    }
+}
+
+/// The parts of an [`Exchange`] that stream events update (split out to borrow beside the decoder).
+struct StreamState<'a> {
+    usage: &'a mut Option<Usage>,
+    end: &'a mut bool,
+    error: &'a mut bool,
+    errors: &'a mut ErrorSet,
+}
+
+impl StreamState<'_> {
+    fn item(&mut self, item: Item<'_>, tokens: &mut u64) {
+        match item {
+            sse::Item::TooLarge => self.errors.insert(ErrorKind::EventTooLarge),
+            sse::Item::Event { event, data } => match openai::parse_event(event, data) {
+                Ok(info) => {
+                    *tokens += u64::from(info.token);
+                    *self.end |= info.end;
+                    *self.error |= info.error;
+                    if info.usage.is_some() {
+                        *self.usage = info.usage;
+                    }
+                }
+                Err(_) => self.errors.insert(ErrorKind::ResponseParse),
+            },
+        }
+    }
+}
+
+impl Observation {
+    /// The stat changes this observation makes, in a fixed order. Zero counts are left out: Envoy
+    /// rejects a zero counter increment, and an absent series reads as zero anyway.
+    pub fn for_each_op(&self, f: &mut dyn FnMut(Series, Op)) {
+        let (model, api) = (self.model, self.api);
+        f(
+            Series::Requests {
+                model,
+                api,
+                streaming: self.streaming,
+                status: self.status,
+                outcome: self.outcome,
+            },
+            Op::Add(1),
+        );
+        let mut tokens = |token, source, n: Option<u64>| {
+            if let Some(n) = n.filter(|n| *n > 0) {
+                f(
+                    Series::Tokens {
+                        model,
+                        api,
+                        token,
+                        source,
+                    },
+                    Op::Add(n),
+                );
+            }
+        };
+        match self.usage {
+            Some(u) => {
+                tokens(TokenType::Input, Source::Usage, u.input);
+                tokens(TokenType::Output, Source::Usage, u.output);
+                tokens(TokenType::Reasoning, Source::Usage, u.reasoning);
+                tokens(TokenType::CachedInput, Source::Usage, u.cached_input);
+            }
+            None => tokens(
+                TokenType::Output,
+                Source::Estimated,
+                Some(self.token_events),
+            ),
+        }
+        if let Some(ms) = self.ttft_ms {
+            f(Series::TimeToFirstToken { model, api }, Op::Record(ms));
+        }
+        if let Some(us) = self.tpot_us {
+            f(Series::TimePerOutputToken { model, api }, Op::Record(us));
+        }
+        f(
+            Series::RequestDuration {
+                model,
+                api,
+                streaming: self.streaming,
+            },
+            Op::Record(self.duration_ms),
+        );
+        if self.was_active {
+            f(Series::ActiveRequests { model, api }, Op::GaugeAdd(-1));
+        }
+        for kind in self.errors.iter() {
+            f(Series::FilterErrors { kind }, Op::Add(1));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "exchange_tests.rs"]
+mod tests;

@@ -1,0 +1,532 @@
+//! The metrics contract: every metric name, label name and label value the filter emits, and the one
+//! function that encodes labels into an Envoy stat name.
+//!
+//! Labels travel inside the stat name with Istio's convention, `label=.=value;.;`, placed before the
+//! metric name; Envoy's `stats_config.stats_tags` (in `envoy/envoy.yaml`, one regex per label name)
+//! strip them out again and turn them into Prometheus labels. The test host applies the same regexes
+//! from the same file, so the two cannot drift apart unnoticed.
+//!
+//! Series are identified by a packed `u64` key so the host shell can cache metric ids without building a
+//! name string per request: the name is formatted only the first time a series is seen.
+
+use std::fmt::Write as _;
+
+use crate::model::ModelId;
+
+/// The API kind, from the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+}
+
+impl Api {
+    pub const ALL: [Api; 4] = [
+        Api::ChatCompletions,
+        Api::Completions,
+        Api::Embeddings,
+        Api::Responses,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat_completions",
+            Api::Completions => "completions",
+            Api::Embeddings => "embeddings",
+            Api::Responses => "responses",
+        }
+    }
+
+    pub fn from_label(label: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.label() == label)
+    }
+}
+
+/// The response status, by class; `None` when no response headers reached the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    None,
+    S2xx,
+    S3xx,
+    S4xx,
+    S5xx,
+}
+
+impl StatusClass {
+    pub fn from_status(status: Option<u16>) -> StatusClass {
+        match status {
+            None => StatusClass::None,
+            Some(s) if s >= 500 => StatusClass::S5xx,
+            Some(s) if s >= 400 => StatusClass::S4xx,
+            Some(s) if s >= 300 => StatusClass::S3xx,
+            // 1xx cannot be final; anything below 300 that reached on_log is treated as success.
+            Some(_) => StatusClass::S2xx,
+        }
+    }
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            StatusClass::None => "none",
+            StatusClass::S2xx => "2xx",
+            StatusClass::S3xx => "3xx",
+            StatusClass::S4xx => "4xx",
+            StatusClass::S5xx => "5xx",
+        }
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Completed,
+    Error,
+    ClientAbort,
+    UpstreamAbort,
+}
+
+impl Outcome {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Error => "error",
+            Outcome::ClientAbort => "client_abort",
+            Outcome::UpstreamAbort => "upstream_abort",
+        }
+    }
+}
+
+/// Token types. `Output` includes `Reasoning`; `Reasoning` and `CachedInput` are subsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenType {
+    Input,
+    Output,
+    Reasoning,
+    CachedInput,
+}
+
+impl TokenType {
+    pub const fn label(self) -> &'static str {
+        match self {
+            TokenType::Input => "input",
+            TokenType::Output => "output",
+            TokenType::Reasoning => "reasoning",
+            TokenType::CachedInput => "cached_input",
+        }
+    }
+}
+
+/// Where a token count came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Usage,
+    Estimated,
+}
+
+impl Source {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Source::Usage => "usage",
+            Source::Estimated => "estimated",
+        }
+    }
+}
+
+/// What the filter could not read. Each kind is counted at most once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    RequestParse,
+    RequestTooLarge,
+    ResponseParse,
+    ResponseTooLarge,
+    EventTooLarge,
+    EncodedBody,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::RequestParse,
+        ErrorKind::RequestTooLarge,
+        ErrorKind::ResponseParse,
+        ErrorKind::ResponseTooLarge,
+        ErrorKind::EventTooLarge,
+        ErrorKind::EncodedBody,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            ErrorKind::RequestParse => "request_parse",
+            ErrorKind::RequestTooLarge => "request_too_large",
+            ErrorKind::ResponseParse => "response_parse",
+            ErrorKind::ResponseTooLarge => "response_too_large",
+            ErrorKind::EventTooLarge => "event_too_large",
+            ErrorKind::EncodedBody => "encoded_body",
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of [`ErrorKind`]s (one bit each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorSet(u8);
+
+impl ErrorSet {
+    pub fn insert(&mut self, kind: ErrorKind) {
+        self.0 |= kind.bit();
+    }
+
+    pub fn contains(self, kind: ErrorKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = ErrorKind> {
+        ErrorKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
+    }
+}
+
+/// Envoy's three stat types, as proxy-wasm numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One stat series: a metric and its label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Series {
+    /// `llm_requests_total` (counter).
+    Requests {
+        model: ModelId,
+        api: Api,
+        streaming: bool,
+        status: StatusClass,
+        outcome: Outcome,
+    },
+    /// `llm_tokens_total` (counter).
+    Tokens {
+        model: ModelId,
+        api: Api,
+        token: TokenType,
+        source: Source,
+    },
+    /// `llm_time_to_first_token_ms` (histogram, milliseconds).
+    TimeToFirstToken { model: ModelId, api: Api },
+    /// `llm_request_duration_ms` (histogram, milliseconds).
+    RequestDuration {
+        model: ModelId,
+        api: Api,
+        streaming: bool,
+    },
+    /// `llm_time_per_output_token_us` (histogram, microseconds).
+    TimePerOutputToken { model: ModelId, api: Api },
+    /// `llm_active_requests` (gauge).
+    ActiveRequests { model: ModelId, api: Api },
+    /// `llm_filter_errors_total` (counter).
+    FilterErrors { kind: ErrorKind },
+}
+
+pub const REQUESTS_TOTAL: &str = "llm_requests_total";
+pub const TOKENS_TOTAL: &str = "llm_tokens_total";
+pub const TIME_TO_FIRST_TOKEN_MS: &str = "llm_time_to_first_token_ms";
+pub const REQUEST_DURATION_MS: &str = "llm_request_duration_ms";
+pub const TIME_PER_OUTPUT_TOKEN_US: &str = "llm_time_per_output_token_us";
+pub const ACTIVE_REQUESTS: &str = "llm_active_requests";
+pub const FILTER_ERRORS_TOTAL: &str = "llm_filter_errors_total";
+
+/// Every label name, in the order labels appear in stat names. `envoy/envoy.yaml` has one
+/// `stats_tags` entry per name.
+pub const LABEL_NAMES: [&str; 8] = [
+    "model",
+    "api",
+    "streaming",
+    "status_class",
+    "outcome",
+    "token_type",
+    "source",
+    "kind",
+];
+
+const fn bool_label(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+impl Series {
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Series::Requests { .. } => REQUESTS_TOTAL,
+            Series::Tokens { .. } => TOKENS_TOTAL,
+            Series::TimeToFirstToken { .. } => TIME_TO_FIRST_TOKEN_MS,
+            Series::RequestDuration { .. } => REQUEST_DURATION_MS,
+            Series::TimePerOutputToken { .. } => TIME_PER_OUTPUT_TOKEN_US,
+            Series::ActiveRequests { .. } => ACTIVE_REQUESTS,
+            Series::FilterErrors { .. } => FILTER_ERRORS_TOTAL,
+        }
+    }
+
+    pub const fn metric_type(&self) -> MetricType {
+        match self {
+            Series::Requests { .. } | Series::Tokens { .. } | Series::FilterErrors { .. } => {
+                MetricType::Counter
+            }
+            Series::ActiveRequests { .. } => MetricType::Gauge,
+            Series::TimeToFirstToken { .. }
+            | Series::RequestDuration { .. }
+            | Series::TimePerOutputToken { .. } => MetricType::Histogram,
+        }
+    }
+
+    /// A compact key that identifies the series within one VM (model ids are VM-local).
+    /// Bits 0-3: metric; 4-31: the metric's own labels; 32-47: model id.
+    pub fn key(&self) -> u64 {
+        let (metric, model, labels) = match *self {
+            Series::Requests {
+                model,
+                api,
+                streaming,
+                status,
+                outcome,
+            } => (
+                0u64,
+                model,
+                api as u64
+                    | u64::from(streaming) << 2
+                    | (status as u64) << 3
+                    | (outcome as u64) << 6,
+            ),
+            Series::Tokens {
+                model,
+                api,
+                token,
+                source,
+            } => (
+                1,
+                model,
+                api as u64 | (token as u64) << 2 | (source as u64) << 4,
+            ),
+            Series::TimeToFirstToken { model, api } => (2, model, api as u64),
+            Series::RequestDuration {
+                model,
+                api,
+                streaming,
+            } => (3, model, api as u64 | u64::from(streaming) << 2),
+            Series::TimePerOutputToken { model, api } => (4, model, api as u64),
+            Series::ActiveRequests { model, api } => (5, model, api as u64),
+            Series::FilterErrors { kind } => (6, ModelId::UNKNOWN, kind as u64),
+        };
+        metric | labels << 4 | u64::from(model.0) << 32
+    }
+
+    /// The full Envoy stat name, labels first (`model=.=X;.;api=.=Y;.;llm_requests_total`).
+    /// `model_name` is the label value of this series' model id.
+    pub fn stat_name(&self, model_name: &str) -> String {
+        let mut out = String::with_capacity(160);
+        let mut tag = |name: &str, value: &str| {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{name}=.={value};.;");
+        };
+        match *self {
+            Series::Requests {
+                api,
+                streaming,
+                status,
+                outcome,
+                ..
+            } => {
+                tag("model", model_name);
+                tag("api", api.label());
+                tag("streaming", bool_label(streaming));
+                tag("status_class", status.label());
+                tag("outcome", outcome.label());
+            }
+            Series::Tokens {
+                api, token, source, ..
+            } => {
+                tag("model", model_name);
+                tag("api", api.label());
+                tag("token_type", token.label());
+                tag("source", source.label());
+            }
+            Series::TimeToFirstToken { api, .. }
+            | Series::TimePerOutputToken { api, .. }
+            | Series::ActiveRequests { api, .. } => {
+                tag("model", model_name);
+                tag("api", api.label());
+            }
+            Series::RequestDuration { api, streaming, .. } => {
+                tag("model", model_name);
+                tag("api", api.label());
+                tag("streaming", bool_label(streaming));
+            }
+            Series::FilterErrors { kind } => tag("kind", kind.label()),
+        }
+        out.push_str(self.name());
+        out
+    }
+
+    /// The model id of the series, if it has a model label.
+    pub fn model(&self) -> Option<ModelId> {
+        match *self {
+            Series::Requests { model, .. }
+            | Series::Tokens { model, .. }
+            | Series::TimeToFirstToken { model, .. }
+            | Series::RequestDuration { model, .. }
+            | Series::TimePerOutputToken { model, .. }
+            | Series::ActiveRequests { model, .. } => Some(model),
+            Series::FilterErrors { .. } => None,
+        }
+    }
+}
+
+/// What to do to a series: counters and gauges add, histograms record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Counter increment; never zero (Envoy rejects a zero offset).
+    Add(u64),
+    /// Gauge change.
+    GaugeAdd(i64),
+    /// Histogram sample.
+    Record(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn all_series() -> Vec<Series> {
+        let model = ModelId(7);
+        let mut v = Vec::new();
+        for api in Api::ALL {
+            for streaming in [false, true] {
+                for status in [
+                    StatusClass::None,
+                    StatusClass::S2xx,
+                    StatusClass::S3xx,
+                    StatusClass::S4xx,
+                    StatusClass::S5xx,
+                ] {
+                    for outcome in [
+                        Outcome::Completed,
+                        Outcome::Error,
+                        Outcome::ClientAbort,
+                        Outcome::UpstreamAbort,
+                    ] {
+                        v.push(Series::Requests {
+                            model,
+                            api,
+                            streaming,
+                            status,
+                            outcome,
+                        });
+                    }
+                }
+                v.push(Series::RequestDuration {
+                    model,
+                    api,
+                    streaming,
+                });
+            }
+            for token in [
+                TokenType::Input,
+                TokenType::Output,
+                TokenType::Reasoning,
+                TokenType::CachedInput,
+            ] {
+                for source in [Source::Usage, Source::Estimated] {
+                    v.push(Series::Tokens {
+                        model,
+                        api,
+                        token,
+                        source,
+                    });
+                }
+            }
+            v.push(Series::TimeToFirstToken { model, api });
+            v.push(Series::TimePerOutputToken { model, api });
+            v.push(Series::ActiveRequests { model, api });
+        }
+        for kind in ErrorKind::ALL {
+            v.push(Series::FilterErrors { kind });
+        }
+        v
+    }
+
+    #[test]
+    fn keys_and_names_are_unique_per_series() {
+        let series = all_series();
+        let keys: HashSet<u64> = series.iter().map(Series::key).collect();
+        let names: HashSet<String> = series.iter().map(|s| s.stat_name("m")).collect();
+        assert_eq!(keys.len(), series.len());
+        assert_eq!(names.len(), series.len());
+    }
+
+    #[test]
+    fn the_model_id_is_part_of_the_key() {
+        let a = Series::ActiveRequests {
+            model: ModelId(2),
+            api: Api::Responses,
+        };
+        let b = Series::ActiveRequests {
+            model: ModelId(3),
+            api: Api::Responses,
+        };
+        assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn stat_names_follow_the_istio_tag_convention() {
+        let s = Series::Requests {
+            model: ModelId(9),
+            api: Api::ChatCompletions,
+            streaming: true,
+            status: StatusClass::S2xx,
+            outcome: Outcome::Completed,
+        };
+        assert_eq!(
+            s.stat_name("Qwen/Qwen3-1.7B"),
+            "model=.=Qwen/Qwen3-1.7B;.;api=.=chat_completions;.;streaming=.=true;.;status_class=.=2xx;.;outcome=.=completed;.;llm_requests_total"
+        );
+        assert_eq!(
+            Series::FilterErrors {
+                kind: ErrorKind::EventTooLarge
+            }
+            .stat_name("ignored"),
+            "kind=.=event_too_large;.;llm_filter_errors_total"
+        );
+    }
+
+    #[test]
+    fn every_label_in_a_name_is_a_known_label() {
+        for s in all_series() {
+            let name = s.stat_name("m");
+            for segment in name.split(";.;") {
+                if let Some((label, _)) = segment.split_once("=.=") {
+                    assert!(LABEL_NAMES.contains(&label), "{label} in {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn error_sets_hold_each_kind_once() {
+        let mut e = ErrorSet::default();
+        e.insert(ErrorKind::EncodedBody);
+        e.insert(ErrorKind::EncodedBody);
+        e.insert(ErrorKind::RequestParse);
+        assert_eq!(
+            e.iter().collect::<Vec<_>>(),
+            vec![ErrorKind::RequestParse, ErrorKind::EncodedBody]
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The `model` label: sanitising what clients send and keeping the label space bounded.
+//!
+//! Envoy never frees a stat, so an unbounded label would let any client grow Envoy's memory by sending
+//! made-up model names. Two policies bound it:
+//! - an allowlist (`models` in the configuration): any other name becomes `other`;
+//! - a process-wide cap (`max_models`): the first N distinct names seen by *any* worker keep their
+//!   name, later ones become `other`. Workers run separate VMs, so the admitted set lives in proxy-wasm
+//!   shared data behind the [`Registry`] trait; each VM caches the answers it got (admission and, once
+//!   the set is full, rejection are both final) so the shared data is touched once per name per VM.
+//!
+//! Sanitising: characters outside `[A-Za-z0-9._/:@+-]` become `_` (this keeps names such as
+//! `Qwen/Qwen3-1.7B`, `qwen3:1.7b` and `org/model@rev` intact and cannot produce Envoy's tag
+//! delimiters `=.=` / `;.;`), then the name is cut to 64 bytes. An empty or missing name is `unknown`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// Longest model label, in bytes.
+pub const MAX_MODEL_LABEL_BYTES: usize = 64;
+/// Most rejected names a VM remembers; past that a rejected name costs one shared-data read.
+pub const MAX_CACHED_REJECTIONS: usize = 1024;
+
+/// A VM-local number for a model label; ids 0 and 1 are `unknown` and `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelId(pub u16);
+
+impl ModelId {
+    pub const UNKNOWN: ModelId = ModelId(0);
+    pub const OTHER: ModelId = ModelId(1);
+}
+
+fn allowed(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b':' | b'@' | b'+' | b'-')
+}
+
+/// The label form of a client-sent model name (without the `unknown` substitution).
+pub fn sanitize_model(raw: &str) -> Cow<'_, str> {
+    let cut = raw.len().min(MAX_MODEL_LABEL_BYTES);
+    if raw.bytes().all(allowed) {
+        // All ASCII, so any byte index is a char boundary.
+        return Cow::Borrowed(raw.get(..cut).unwrap_or(raw));
+    }
+    let mut out = String::with_capacity(cut);
+    for c in raw.chars() {
+        let mapped = if c.is_ascii() && allowed(c as u8) {
+            c
+        } else {
+            '_'
+        };
+        if out.len() + 1 > MAX_MODEL_LABEL_BYTES {
+            break;
+        }
+        out.push(mapped);
+    }
+    Cow::Owned(out)
+}
+
+/// The answer of the process-wide registry for one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The name is (now) one of the admitted names.
+    Admitted,
+    /// The set is full and the name is not in it.
+    Full,
+    /// The shared store failed; treat the name as `other` this time without caching the answer.
+    Unavailable,
+}
+
+/// The process-wide set of admitted model names (proxy-wasm shared data in Envoy).
+pub trait Registry {
+    fn admit(&mut self, name: &str, max: usize) -> Admission;
+}
+
+/// Maps client-sent model names to bounded label ids, per VM.
+#[derive(Debug)]
+pub struct ModelLabels {
+    allowlist: bool,
+    max_models: usize,
+    names: Vec<String>,
+    ids: HashMap<String, ModelId>,
+    rejected: usize,
+}
+
+impl ModelLabels {
+    /// `allow`: the configured allowlist (already sanitised); empty means "cap at `max_models`".
+    pub fn new(allow: &[String], max_models: usize) -> ModelLabels {
+        let mut labels = ModelLabels {
+            allowlist: !allow.is_empty(),
+            max_models,
+            names: vec!["unknown".to_owned(), "other".to_owned()],
+            ids: HashMap::new(),
+            rejected: 0,
+        };
+        for name in allow {
+            labels.intern(name);
+        }
+        labels
+    }
+
+    fn intern(&mut self, name: &str) -> ModelId {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let Ok(n) = u16::try_from(self.names.len()) else {
+            return ModelId::OTHER;
+        };
+        let id = ModelId(n);
+        self.names.push(name.to_owned());
+        self.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    /// The label value of an id.
+    pub fn name(&self, id: ModelId) -> &str {
+        self.names
+            .get(usize::from(id.0))
+            .map_or("other", String::as_str)
+    }
+
+    /// The label id for a request's `model` (`None`: the request had no usable model).
+    pub fn resolve(&mut self, raw: Option<&str>, registry: &mut dyn Registry) -> ModelId {
+        let clean = sanitize_model(raw.unwrap_or(""));
+        if clean.is_empty() || clean == "unknown" {
+            return ModelId::UNKNOWN;
+        }
+        if clean == "other" {
+            return ModelId::OTHER;
+        }
+        if let Some(id) = self.ids.get(clean.as_ref()) {
+            return *id;
+        }
+        if self.allowlist {
+            return ModelId::OTHER;
+        }
+        match registry.admit(&clean, self.max_models) {
+            Admission::Admitted => self.intern(&clean),
+            Admission::Full => {
+                if self.rejected < MAX_CACHED_REJECTIONS {
+                    self.rejected += 1;
+                    self.ids.insert(clean.into_owned(), ModelId::OTHER);
+                }
+                ModelId::OTHER
+            }
+            Admission::Unavailable => ModelId::OTHER,
+        }
+    }
+}
+
+/// The shared-data value format: admitted names separated by `\n` (sanitised names never contain
+/// one). Returns whether `name` is in `list` and how many names the list holds.
+pub fn list_contains(list: &[u8], name: &str) -> (bool, usize) {
+    if list.is_empty() {
+        return (false, 0);
+    }
+    let mut count = 0;
+    let mut found = false;
+    for entry in list.split(|b| *b == b'\n') {
+        count += 1;
+        found |= entry == name.as_bytes();
+    }
+    (found, count)
+}
+
+/// `list` with `name` appended.
+pub fn list_append(list: &[u8], name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len() + name.len() + 1);
+    out.extend_from_slice(list);
+    if !list.is_empty() {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(name.as_bytes());
+    out
+}
+
+/// An in-memory registry, for tests of code that needs one.
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    pub list: Vec<u8>,
+    pub calls: usize,
+}
+
+impl Registry for MemoryRegistry {
+    fn admit(&mut self, name: &str, max: usize) -> Admission {
+        self.calls += 1;
+        match list_contains(&self.list, name) {
+            (true, _) => Admission::Admitted,
+            (false, n) if n >= max => Admission::Full,
+            (false, _) => {
+                self.list = list_append(&self.list, name);
+                Admission::Admitted
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_model_names_survive_intact() {
+        for name in [
+            "Qwen/Qwen3-1.7B",
+            "qwen3:1.7b",
+            "gpt-4o-mini-2024-07-18",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "org/model@main",
+            "Qwen3-1.7B-Q4_K_M.gguf",
+        ] {
+            assert_eq!(sanitize_model(name), name);
+        }
+    }
+
+    #[test]
+    fn other_bytes_become_underscores_and_names_are_cut_at_64_bytes() {
+        assert_eq!(sanitize_model("my model;.;x=.=y"), "my_model_._x_._y");
+        assert_eq!(sanitize_model("模型"), "__");
+        let long = "a".repeat(100);
+        assert_eq!(sanitize_model(&long).len(), 64);
+        let long_unicode = "é".repeat(100);
+        assert_eq!(sanitize_model(&long_unicode), "_".repeat(64));
+    }
+
+    #[test]
+    fn missing_or_empty_models_are_unknown() {
+        let mut labels = ModelLabels::new(&[], 4);
+        let mut reg = MemoryRegistry::default();
+        assert_eq!(labels.resolve(None, &mut reg), ModelId::UNKNOWN);
+        assert_eq!(labels.resolve(Some(""), &mut reg), ModelId::UNKNOWN);
+        assert_eq!(labels.name(ModelId::UNKNOWN), "unknown");
+        assert_eq!(reg.calls, 0);
+    }
+
+    #[test]
+    fn the_allowlist_maps_other_names_to_other() {
+        let mut labels = ModelLabels::new(&["gpt-4o".to_owned()], 32);
+        let mut reg = MemoryRegistry::default();
+        let id = labels.resolve(Some("gpt-4o"), &mut reg);
+        assert_eq!(labels.name(id), "gpt-4o");
+        assert_eq!(labels.resolve(Some("gpt-5"), &mut reg), ModelId::OTHER);
+        assert_eq!(labels.name(ModelId::OTHER), "other");
+        assert_eq!(reg.calls, 0);
+    }
+
+    #[test]
+    fn the_cap_admits_the_first_names_and_caches_answers() {
+        let mut labels = ModelLabels::new(&[], 2);
+        let mut reg = MemoryRegistry::default();
+        let a = labels.resolve(Some("a"), &mut reg);
+        let b = labels.resolve(Some("b"), &mut reg);
+        assert_eq!((labels.name(a), labels.name(b)), ("a", "b"));
+        assert_eq!(labels.resolve(Some("c"), &mut reg), ModelId::OTHER);
+        let calls = reg.calls;
+        assert_eq!(labels.resolve(Some("a"), &mut reg), a);
+        assert_eq!(labels.resolve(Some("c"), &mut reg), ModelId::OTHER);
+        assert_eq!(reg.calls, calls, "answers are cached per VM");
+    }
+
+    #[test]
+    fn two_vms_share_one_cap() {
+        let mut reg = MemoryRegistry::default();
+        let mut vm1 = ModelLabels::new(&[], 2);
+        let mut vm2 = ModelLabels::new(&[], 2);
+        vm1.resolve(Some("a"), &mut reg);
+        vm2.resolve(Some("b"), &mut reg);
+        assert_eq!(vm1.resolve(Some("c"), &mut reg), ModelId::OTHER);
+        let b_on_vm1 = vm1.resolve(Some("b"), &mut reg);
+        assert_eq!(vm1.name(b_on_vm1), "b");
+    }
+
+    #[test]
+    fn rejections_cached_per_vm_are_bounded() {
+        let mut labels = ModelLabels::new(&[], 1);
+        let mut reg = MemoryRegistry::default();
+        labels.resolve(Some("first"), &mut reg);
+        for i in 0..(MAX_CACHED_REJECTIONS + 100) {
+            assert_eq!(
+                labels.resolve(Some(&format!("m{i}")), &mut reg),
+                ModelId::OTHER
+            );
+        }
+        assert!(labels.ids.len() <= MAX_CACHED_REJECTIONS + 1);
+    }
+
+    #[test]
+    fn the_shared_list_format_round_trips() {
+        let l = list_append(b"", "a");
+        let l = list_append(&l, "Qwen/Qwen3-1.7B");
+        assert_eq!(l, b"a\nQwen/Qwen3-1.7B");
+        assert_eq!(list_contains(&l, "Qwen/Qwen3-1.7B"), (true, 2));
+        assert_eq!(list_contains(&l, "Qwen"), (false, 2));
+        assert_eq!(list_contains(b"", "a"), (false, 0));
+    }
+}

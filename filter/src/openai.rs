@@ -1,0 +1,499 @@
+//! Narrow, borrowed views of OpenAI-compatible JSON: only the fields a metric needs are read, every
+//! other field is skipped by the parser without being stored (no `serde_json::Value` tree, no string
+//! copies), so a stream event costs one pass over its bytes and no allocation.
+//!
+//! The same views cover the servers that imitate OpenAI (vLLM, SGLang, llama.cpp, Ollama) and the
+//! Responses API, whose field names differ (`input_tokens` for `prompt_tokens`, typed events).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// What the filter needs from a request body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestInfo<'a> {
+    pub model: Option<Cow<'a, str>>,
+    pub stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RequestView<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+}
+
+/// Reads `model` and `stream` from a request body. Anything that is not a JSON object with those
+/// fields of the right types (when present) is an error.
+pub fn parse_request(body: &[u8]) -> Result<RequestInfo<'_>, serde_json::Error> {
+    let v: RequestView<'_> = serde_json::from_slice(body)?;
+    Ok(RequestInfo {
+        model: v.model,
+        stream: v.stream,
+    })
+}
+
+/// Token counts an upstream reported. `None`: the field was absent or null.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub input: Option<u64>,
+    /// Includes reasoning tokens (OpenAI semantics).
+    pub output: Option<u64>,
+    pub reasoning: Option<u64>,
+    pub cached_input: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CachedDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReasoningDetails {
+    reasoning_tokens: Option<u64>,
+}
+
+/// Chat/completions (`prompt_tokens`...) and Responses API (`input_tokens`...) names in one view.
+#[derive(Deserialize)]
+struct UsageView {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<CachedDetails>,
+    input_tokens_details: Option<CachedDetails>,
+    completion_tokens_details: Option<ReasoningDetails>,
+    output_tokens_details: Option<ReasoningDetails>,
+}
+
+impl From<UsageView> for Usage {
+    fn from(u: UsageView) -> Usage {
+        let cached = |d: Option<CachedDetails>| d.and_then(|d| d.cached_tokens);
+        let reasoning = |d: Option<ReasoningDetails>| d.and_then(|d| d.reasoning_tokens);
+        Usage {
+            input: u.prompt_tokens.or(u.input_tokens),
+            output: u.completion_tokens.or(u.output_tokens),
+            reasoning: reasoning(u.completion_tokens_details)
+                .or(reasoning(u.output_tokens_details)),
+            cached_input: cached(u.prompt_tokens_details).or(cached(u.input_tokens_details)),
+        }
+    }
+}
+
+/// What a non-streaming response body says.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResponseInfo {
+    pub usage: Option<Usage>,
+    /// The body is a JSON error object (`{"error": ...}`) although the status was a success.
+    pub error: bool,
+}
+
+#[derive(Deserialize)]
+struct ResponseView {
+    usage: Option<UsageView>,
+    error: Option<IgnoredAny>,
+}
+
+/// Reads `usage` and `error` from a non-streaming response body.
+pub fn parse_response(body: &[u8]) -> Result<ResponseInfo, serde_json::Error> {
+    let v: ResponseView = serde_json::from_slice(body)?;
+    Ok(ResponseInfo {
+        usage: v.usage.map(Usage::from),
+        error: v.error.is_some(),
+    })
+}
+
+/// What one stream event says.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The event carries generated text, reasoning, a refusal or a tool call.
+    pub token: bool,
+    /// The event marks the end of the stream (`[DONE]`, a `finish_reason`, a final Responses event).
+    pub end: bool,
+    /// The event reports an error.
+    pub error: bool,
+    pub usage: Option<Usage>,
+}
+
+/// Whether a JSON value has content: a non-empty string, array or object, or any number or bool.
+/// Used for fields whose type varies between servers (`content` can be null, `tool_calls` an array).
+#[derive(Default)]
+struct NonEmpty(bool);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NonEmpty;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(!s.is_empty()))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(true))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<NonEmpty, D::Error> {
+                NonEmpty::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty, A::Error> {
+                let mut any = false;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    any = true;
+                }
+                Ok(NonEmpty(any))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NonEmpty, A::Error> {
+                let mut any = false;
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                    any = true;
+                }
+                Ok(NonEmpty(any))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct DeltaView {
+    #[serde(default)]
+    content: NonEmpty,
+    #[serde(default)]
+    reasoning_content: NonEmpty,
+    #[serde(default)]
+    reasoning: NonEmpty,
+    #[serde(default)]
+    refusal: NonEmpty,
+    #[serde(default)]
+    tool_calls: NonEmpty,
+}
+
+impl DeltaView {
+    fn has_tokens(&self) -> bool {
+        self.content.0
+            || self.reasoning_content.0
+            || self.reasoning.0
+            || self.refusal.0
+            || self.tool_calls.0
+    }
+}
+
+#[derive(Deserialize)]
+struct ChoiceView {
+    delta: Option<DeltaView>,
+    #[serde(default)]
+    text: NonEmpty,
+    finish_reason: Option<IgnoredAny>,
+}
+
+/// The `choices` array folded into two flags while it is parsed (no Vec of choices is built).
+#[derive(Default)]
+struct Choices {
+    token: bool,
+    finished: bool,
+}
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Choices;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Choices, E> {
+                Ok(Choices::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+                let mut c = Choices::default();
+                while let Some(choice) = seq.next_element::<ChoiceView>()? {
+                    c.token |=
+                        choice.text.0 || choice.delta.as_ref().is_some_and(DeltaView::has_tokens);
+                    c.finished |= choice.finish_reason.is_some();
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct ResponseObjectView {
+    usage: Option<UsageView>,
+}
+
+#[derive(Deserialize)]
+struct EventView<'a> {
+    #[serde(default)]
+    choices: Choices,
+    usage: Option<UsageView>,
+    error: Option<IgnoredAny>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    delta: NonEmpty,
+    response: Option<ResponseObjectView>,
+}
+
+/// Responses API event types whose non-empty `delta` is generated output.
+const TOKEN_EVENT_TYPES: [&str; 5] = [
+    "response.output_text.delta",
+    "response.reasoning_text.delta",
+    "response.reasoning_summary_text.delta",
+    "response.refusal.delta",
+    "response.function_call_arguments.delta",
+];
+
+/// Reads one SSE event. `event_type` is the SSE `event:` field (empty when absent).
+pub fn parse_event(event_type: &[u8], data: &[u8]) -> Result<EventInfo, serde_json::Error> {
+    if data.trim_ascii() == b"[DONE]" {
+        return Ok(EventInfo {
+            end: true,
+            ..EventInfo::default()
+        });
+    }
+    let v: EventView<'_> = serde_json::from_slice(data)?;
+    let kind = v.kind.as_deref().unwrap_or("");
+    let usage = v
+        .usage
+        .or(v.response.and_then(|r| r.usage))
+        .map(Usage::from);
+    Ok(EventInfo {
+        token: v.choices.token || (v.delta.0 && TOKEN_EVENT_TYPES.contains(&kind)),
+        end: v.choices.finished
+            || matches!(
+                kind,
+                "response.completed" | "response.incomplete" | "response.failed"
+            ),
+        error: v.error.is_some()
+            || matches!(kind, "error" | "response.failed")
+            || event_type == b"error",
+        usage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: &str) -> EventInfo {
+        parse_event(b"", data.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn requests_give_model_and_stream() {
+        let r = parse_request(br#"{"model":"Qwen/Qwen3-1.7B","messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+            .unwrap();
+        assert_eq!(r.model.as_deref(), Some("Qwen/Qwen3-1.7B"));
+        assert_eq!(r.stream, Some(true));
+        let r = parse_request(br#"{"model":"a\/b","stream":null}"#).unwrap();
+        assert_eq!(r.model.as_deref(), Some("a/b"));
+        assert_eq!(r.stream, None);
+        let r = parse_request(br#"{"input":"x"}"#).unwrap();
+        assert_eq!(
+            r,
+            RequestInfo {
+                model: None,
+                stream: None
+            }
+        );
+    }
+
+    #[test]
+    fn unreadable_requests_are_errors() {
+        for body in [
+            &b""[..],
+            b"[]",
+            b"{",
+            b"{\"model\":3}",
+            b"{\"stream\":\"yes\"}",
+            b"null",
+            b"\xff",
+        ] {
+            assert!(parse_request(body).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn chat_usage_with_details_is_read() {
+        let r = parse_response(
+            br#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":20,"completion_tokens":12,
+            "total_tokens":32,"prompt_tokens_details":{"cached_tokens":8,"audio_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":5}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input: Some(20),
+                output: Some(12),
+                reasoning: Some(5),
+                cached_input: Some(8)
+            })
+        );
+        assert!(!r.error);
+    }
+
+    #[test]
+    fn responses_api_usage_is_read() {
+        let r = parse_response(
+            br#"{"object":"response","usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":0},
+            "output_tokens":30,"output_tokens_details":{"reasoning_tokens":10},"total_tokens":39}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input: Some(9),
+                output: Some(30),
+                reasoning: Some(10),
+                cached_input: Some(0)
+            })
+        );
+    }
+
+    #[test]
+    fn embeddings_usage_has_input_only() {
+        let r = parse_response(
+            br#"{"data":[{"embedding":[0.1,0.2]}],"usage":{"prompt_tokens":5,"total_tokens":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input: Some(5),
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn an_error_body_is_an_error_and_null_details_are_absent() {
+        let r = parse_response(br#"{"error":{"message":"bad","type":"invalid_request_error"}}"#)
+            .unwrap();
+        assert!(r.error);
+        let r = parse_response(
+            br#"{"error":null,"usage":{"prompt_tokens":1,"prompt_tokens_details":null}}"#,
+        )
+        .unwrap();
+        assert!(!r.error);
+        assert_eq!(r.usage.unwrap().cached_input, None);
+    }
+
+    #[test]
+    fn content_reasoning_refusal_tool_calls_and_text_are_tokens() {
+        for data in [
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning":"hmm"}}]}"#,
+            r#"{"choices":[{"delta":{"refusal":"no"}}]}"#,
+            r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}"#,
+            r#"{"choices":[{"text":"Hello","index":0,"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{}},{"delta":{"content":"\u00e9"}}]}"#,
+        ] {
+            assert!(ev(data).token, "{data}");
+        }
+    }
+
+    #[test]
+    fn role_only_and_empty_deltas_are_not_tokens() {
+        for data in [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{"content":null,"tool_calls":[]}}]}"#,
+            r#"{"choices":[]}"#,
+            r#"{"choices":null}"#,
+            r#"{"object":"chat.completion.chunk"}"#,
+        ] {
+            assert!(!ev(data).token, "{data}");
+        }
+    }
+
+    #[test]
+    fn finish_reason_and_done_end_the_stream() {
+        assert!(ev(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#).end);
+        assert!(!ev(r#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#).end);
+        assert!(ev("[DONE]").end);
+        assert!(ev(" [DONE] ").end);
+    }
+
+    #[test]
+    fn usage_with_empty_choices_is_read() {
+        let e = ev(
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+        );
+        assert_eq!(
+            e.usage,
+            Some(Usage {
+                input: Some(3),
+                output: Some(4),
+                ..Usage::default()
+            })
+        );
+        assert!(!e.token);
+        assert!(
+            ev(r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#)
+                .usage
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn responses_api_events_are_understood() {
+        let e = ev(
+            r#"{"type":"response.output_text.delta","item_id":"m","output_index":0,"content_index":0,"delta":"Hi","sequence_number":4}"#,
+        );
+        assert!(e.token && !e.end);
+        assert!(ev(r#"{"type":"response.reasoning_summary_text.delta","delta":"think"}"#).token);
+        assert!(!ev(r#"{"type":"response.output_text.delta","delta":""}"#).token);
+        assert!(!ev(r#"{"type":"response.output_text.done","text":"Hi"}"#).token);
+        assert!(!ev(r#"{"type":"response.created","response":{"id":"r","usage":null}}"#).token);
+        let e = ev(
+            r#"{"type":"response.completed","response":{"id":"r","status":"completed","usage":{"input_tokens":5,"output_tokens":7,"output_tokens_details":{"reasoning_tokens":2}}}}"#,
+        );
+        assert!(e.end && !e.error);
+        assert_eq!(e.usage.unwrap().output, Some(7));
+        let e = ev(
+            r#"{"type":"response.failed","response":{"status":"failed","error":{"code":"server_error"}}}"#,
+        );
+        assert!(e.end && e.error);
+        assert!(ev(r#"{"type":"error","code":"x","message":"y"}"#).error);
+    }
+
+    #[test]
+    fn error_events_are_errors() {
+        assert!(ev(r#"{"error":{"message":"boom","type":"server_error"}}"#).error);
+        assert!(
+            parse_event(b"error", br#"{"message":"boom"}"#)
+                .unwrap()
+                .error
+        );
+        assert!(!ev(r#"{"error":null,"choices":[]}"#).error);
+    }
+
+    #[test]
+    fn non_json_events_are_errors() {
+        assert!(parse_event(b"", b"hello").is_err());
+        assert!(parse_event(b"", b"").is_err());
+        assert!(parse_event(b"", b"{\"choices\":[").is_err());
+    }
+}
