@@ -1,0 +1,395 @@
+//! Golden fixtures: one HTTP exchange in a real server's wire format plus every series it must
+//! produce (format: `tests/fixtures/README.md`), and the runner that replays one through the
+//! filter with the response body cut in a chosen way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::gateway::{Gateway, StreamReport};
+use crate::metrics::{series_key, Series, SeriesValue};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    #[serde(skip)]
+    pub name: String,
+    #[serde(skip)]
+    dir: PathBuf,
+    pub description: String,
+    pub source: String,
+    #[serde(default)]
+    pub config: Option<Value>,
+    pub request: Request,
+    pub response: Response,
+    #[serde(default)]
+    pub end: End,
+    pub expect: Vec<Expect>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    #[serde(default = "post")]
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<Value>,
+    #[serde(default)]
+    pub body_raw: Option<String>,
+}
+
+fn post() -> String {
+    "POST".to_owned()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<Value>,
+    #[serde(default)]
+    pub body_raw: Option<String>,
+    #[serde(default)]
+    pub body_file: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    #[default]
+    Complete,
+    ClientAbort,
+    UpstreamAbort,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub value: Option<u64>,
+    #[serde(default)]
+    pub count: Option<u64>,
+}
+
+impl Expect {
+    /// `name{labels} value=N` or `name{labels} count=N`.
+    pub fn line(&self) -> String {
+        let key = series_key(&self.metric, &self.labels);
+        match (self.value, self.count) {
+            (Some(v), None) => format!("{key} value={v}"),
+            (None, Some(c)) => format!("{key} count={c}"),
+            _ => format!("{key} (needs exactly one of value and count)"),
+        }
+    }
+}
+
+/// `tests/fixtures` of this crate.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Every `*.json` in `dir`, sorted by name.
+pub fn load_all(dir: &Path) -> Result<Vec<Fixture>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| Fixture::load(p)).collect()
+}
+
+impl Fixture {
+    pub fn load(path: &Path) -> Result<Fixture> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut fixture: Fixture =
+            serde_json::from_str(&text).with_context(|| format!("parsing fixture {}", path.display()))?;
+        fixture.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        fixture.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        fixture.validate()?;
+        Ok(fixture)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let name = &self.name;
+        if self.request.body.is_some() && self.request.body_raw.is_some() {
+            bail!("fixture {name}: request has both `body` and `body_raw`");
+        }
+        let bodies = [
+            self.response.body.is_some(),
+            self.response.body_raw.is_some(),
+            self.response.body_file.is_some(),
+        ];
+        if bodies.iter().filter(|b| **b).count() != 1 {
+            bail!("fixture {name}: response needs exactly one of `body`, `body_raw`, `body_file`");
+        }
+        for e in &self.expect {
+            if e.value.is_some() == e.count.is_some() {
+                bail!("fixture {name}: expect entry {} needs exactly one of `value` and `count`", e.line());
+            }
+        }
+        Ok(())
+    }
+
+    /// The plugin configuration text (`{}` when absent).
+    pub fn config_text(&self) -> String {
+        match &self.config {
+            None => "{}".to_owned(),
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+        }
+    }
+
+    pub fn request_body(&self) -> Vec<u8> {
+        match (&self.request.body, &self.request.body_raw) {
+            (Some(v), _) => serde_json::to_vec(v).unwrap_or_default(),
+            (None, Some(raw)) => raw.as_bytes().to_vec(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    pub fn response_body(&self) -> Result<Vec<u8>> {
+        if let Some(v) = &self.response.body {
+            return Ok(serde_json::to_vec(v)?);
+        }
+        if let Some(raw) = &self.response.body_raw {
+            return Ok(raw.as_bytes().to_vec());
+        }
+        match &self.response.body_file {
+            Some(file) => {
+                let path = self.dir.join(file);
+                std::fs::read(&path).with_context(|| format!("fixture {}: reading {}", self.name, path.display()))
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The expected series as sorted lines, comparable with [`observed_lines`].
+    pub fn expected_lines(&self) -> BTreeSet<String> {
+        self.expect.iter().map(Expect::line).collect()
+    }
+
+    /// Replays the exchange on a fresh one-worker gateway, the response body cut as `split` says.
+    /// Time: request headers at t=0, response headers at 100 ms, every body chunk and the end at
+    /// 150 ms, so the series cannot depend on how the body was cut.
+    pub fn replay(&self, split: &Split) -> Result<Replay> {
+        let gw = Gateway::new(&self.config_text())
+            .with_context(|| format!("fixture {}: starting the gateway", self.name))?;
+        let request_body = self.request_body();
+        let response_body = self.response_body()?;
+        let mut s = gw.stream();
+
+        let mut req_headers: Vec<(String, String)> = vec![
+            (":method".into(), self.request.method.clone()),
+            (":path".into(), self.request.path.clone()),
+            (":authority".into(), "llm.example".into()),
+            (":scheme".into(), "http".into()),
+        ];
+        if !self.request.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+            req_headers.push(("content-type".into(), "application/json".into()));
+        }
+        req_headers.extend(self.request.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let req_headers: Vec<(&str, &str)> = req_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        if request_body.is_empty() {
+            s.request_headers_only(&req_headers);
+        } else {
+            s.request_headers(&req_headers);
+            s.request_chunk(&request_body, true);
+        }
+
+        gw.advance_ms(100);
+        let status = self.response.status.to_string();
+        let mut resp_headers: Vec<(&str, &str)> = vec![(":status", status.as_str())];
+        resp_headers.extend(self.response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let complete = self.end == End::Complete;
+        gw.advance_ms(0);
+        if response_body.is_empty() && complete {
+            s.response_headers_only(&resp_headers);
+            gw.advance_ms(50);
+        } else {
+            s.response_headers(&resp_headers);
+            gw.advance_ms(50);
+            let chunks = split.cut(&response_body);
+            let n = chunks.len();
+            for (i, chunk) in chunks.iter().enumerate() {
+                s.response_chunk(chunk, complete && i + 1 == n);
+            }
+        }
+        let report = match self.end {
+            End::Complete => s.end(),
+            End::ClientAbort => s.client_abort(),
+            End::UpstreamAbort => s.upstream_abort(),
+        };
+        Ok(Replay {
+            series: gw.all_series(),
+            report,
+            anomalies: gw.anomalies(),
+        })
+    }
+}
+
+/// How a response body is cut into `proxy_on_response_body` calls.
+#[derive(Clone, Debug)]
+pub enum Split {
+    /// One chunk.
+    Whole,
+    /// Cut at `cuts` random points chosen by a generator seeded with `seed`.
+    Random { seed: u64, cuts: usize },
+    /// Cut at these offsets.
+    At(Vec<usize>),
+    /// One byte per call.
+    ByteByByte,
+}
+
+impl Split {
+    pub fn cut<'a>(&self, body: &'a [u8]) -> Vec<&'a [u8]> {
+        let points: Vec<usize> = match self {
+            Split::Whole => Vec::new(),
+            Split::ByteByByte => (1..body.len()).collect(),
+            Split::At(points) => points.clone(),
+            Split::Random { seed, cuts } => {
+                let mut rng = StdRng::seed_from_u64(*seed);
+                if body.len() < 2 {
+                    Vec::new()
+                } else {
+                    (0..*cuts).map(|_| rng.random_range(1..body.len())).collect()
+                }
+            }
+        };
+        split_at_points(body, &points)
+    }
+}
+
+/// `body` cut at every point (sorted, deduplicated, out-of-range points ignored); an empty body
+/// gives one empty chunk.
+pub fn split_at_points<'a>(body: &'a [u8], points: &[usize]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = points.iter().copied().filter(|p| *p > 0 && *p < body.len()).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut chunks = Vec::with_capacity(points.len() + 1);
+    let mut start = 0;
+    for p in points {
+        chunks.push(&body[start..p]);
+        start = p;
+    }
+    chunks.push(&body[start..]);
+    chunks
+}
+
+/// The outcome of one replay.
+#[derive(Debug)]
+pub struct Replay {
+    pub series: Vec<Series>,
+    pub report: StreamReport,
+    pub anomalies: Vec<String>,
+}
+
+impl Replay {
+    /// The series a fixture's `expect` lists: non-zero `llm_*` counters with their value and every
+    /// `llm_*` histogram with its sample count.
+    pub fn observed_lines(&self) -> BTreeSet<String> {
+        self.series
+            .iter()
+            .filter(|s| s.name.starts_with("llm_"))
+            .filter_map(|s| match &s.value {
+                SeriesValue::Counter(0) => None,
+                SeriesValue::Counter(v) => Some(format!("{} value={v}", s.key())),
+                SeriesValue::Histogram(h) => Some(format!("{} count={}", s.key(), h.count())),
+                SeriesValue::Gauge(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every `llm_*` series with its full value (histogram samples included), for comparing two
+    /// replays of the same exchange.
+    pub fn full_lines(&self) -> BTreeSet<String> {
+        self.series
+            .iter()
+            .filter(|s| s.name.starts_with("llm_"))
+            .map(|s| match &s.value {
+                SeriesValue::Counter(v) => format!("{} counter {v}", s.key()),
+                SeriesValue::Gauge(v) => format!("{} gauge {v}", s.key()),
+                SeriesValue::Histogram(h) => format!("{} histogram {:?}", s.key(), h.samples),
+            })
+            .collect()
+    }
+
+    /// Gauges that are not back to zero after the stream ended.
+    pub fn nonzero_gauges(&self) -> Vec<String> {
+        self.series
+            .iter()
+            .filter_map(|s| match s.value {
+                SeriesValue::Gauge(v) if v != 0 => Some(format!("{} = {v}", s.key())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A readable difference between two sets of series lines; empty if they are equal.
+pub fn diff(expected: &BTreeSet<String>, observed: &BTreeSet<String>) -> String {
+    let mut out = String::new();
+    for line in expected.difference(observed) {
+        out.push_str(&format!("  missing:    {line}\n"));
+    }
+    for line in observed.difference(expected) {
+        out.push_str(&format!("  unexpected: {line}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_cover_the_body_exactly_once() {
+        let body = b"data: x\r\n\r\ndata: [DONE]\r\n\r\n";
+        for split in [
+            Split::Whole,
+            Split::ByteByByte,
+            Split::Random { seed: 3, cuts: 5 },
+            Split::At(vec![0, 4, 4, 999]),
+        ] {
+            let chunks = split.cut(body);
+            assert_eq!(chunks.concat(), body.to_vec(), "{split:?}");
+            assert!(chunks.iter().all(|c| !c.is_empty()), "{split:?}");
+        }
+        assert_eq!(Split::ByteByByte.cut(body).len(), body.len());
+    }
+
+    #[test]
+    fn seeded_random_cuts_are_reproducible() {
+        let body = [0u8; 1000];
+        let a = Split::Random { seed: 9, cuts: 7 }.cut(&body);
+        let b = Split::Random { seed: 9, cuts: 7 }.cut(&body);
+        assert_eq!(
+            a.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            b.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn every_fixture_in_the_directory_parses() {
+        let fixtures = load_all(&fixtures_dir()).unwrap();
+        for f in &fixtures {
+            f.response_body().unwrap();
+        }
+    }
+}
