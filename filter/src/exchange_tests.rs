@@ -1,1 +1,680 @@
+//! Tests of the exchange state machine, and the golden fixtures of `tests/fixtures` replayed through
+//! the native core at every split point (the same fixtures run through the real `.wasm` in the
+//! `gateway-tests` crate).
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::*;
+use crate::model::{MemoryRegistry, ModelLabels};
+
+const MS: u64 = 1_000_000;
+
+fn cfg() -> Config {
+    Config::default()
+}
+
+fn model_two(_: Option<&str>) -> ModelId {
+    ModelId(2)
+}
+
+fn chat_stream_request(ex: &mut Exchange, config: &Config) {
+    assert!(ex.request_body(
+        br#"{"model":"m","stream":true}"#,
+        true,
+        config,
+        &mut model_two
+    ));
+}
+
+fn content_event(text: &str) -> String {
+    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n")
+}
+
+fn ops(obs: &Observation) -> Vec<(Series, Op)> {
+    let mut v = Vec::new();
+    obs.for_each_op(&mut |s, o| v.push((s, o)));
+    v
+}
+
+fn token_ops(obs: &Observation) -> Vec<(TokenType, Source, u64)> {
+    ops(obs)
+        .into_iter()
+        .filter_map(|(s, o)| match (s, o) {
+            (Series::Tokens { token, source, .. }, Op::Add(n)) => Some((token, source, n)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stream_gives_exact_ttft_tpot_and_duration() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 1_000 * MS);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(
+        Some(200),
+        Some("text/event-stream; charset=utf-8"),
+        None,
+        false,
+        &config,
+    );
+    ex.response_body(
+        b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        false,
+        &config,
+        &mut || panic!("no token yet: the clock must not be read"),
+    );
+    // 10 token events, 20 ms apart, the first 150 ms after the request headers.
+    for i in 0..10u64 {
+        let t = 1_150 * MS + i * 20 * MS;
+        ex.response_body(content_event("x").as_bytes(), false, &config, &mut || t);
+    }
+    ex.response_body(
+        b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        true,
+        &config,
+        &mut || panic!("no token in the final chunk"),
+    );
+    let obs = ex.finish(1_400 * MS, &mut || {
+        panic!("the response ended: no flags needed")
+    });
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert_eq!(obs.ttft_ms, Some(150));
+    // (last - first) / (n - 1) = 180 ms / 9 = 20 ms.
+    assert_eq!(obs.tpot_us, Some(20_000));
+    assert_eq!(obs.duration_ms, 400);
+    assert!(obs.streaming);
+    assert_eq!(
+        token_ops(&obs),
+        vec![(TokenType::Output, Source::Estimated, 10)]
+    );
+}
+
+#[test]
+fn usage_from_the_final_chunk_replaces_the_estimate_and_sets_tpot() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(content_event("ab").as_bytes(), false, &config, &mut || {
+        100 * MS
+    });
+    ex.response_body(content_event("cd").as_bytes(), false, &config, &mut || {
+        200 * MS
+    });
+    let tail = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+                data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\n\
+                data: [DONE]\n\n";
+    ex.response_body(tail.as_bytes(), true, &config, &mut || 300 * MS);
+    let obs = ex.finish(300 * MS, &mut || false);
+    assert_eq!(
+        token_ops(&obs),
+        vec![
+            (TokenType::Input, Source::Usage, 7),
+            (TokenType::Output, Source::Usage, 5),
+            (TokenType::CachedInput, Source::Usage, 4)
+        ]
+    );
+    // 100 ms over 5 - 1 tokens.
+    assert_eq!(obs.tpot_us, Some(25_000));
+    assert_eq!(obs.ttft_ms, Some(100));
+}
+
+#[test]
+fn the_last_usage_wins_with_continuous_usage() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    for n in 1..=3 {
+        let e = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"t\"}}}}],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{n}}}}}\n\n"
+        );
+        ex.response_body(e.as_bytes(), false, &config, &mut || n * MS);
+    }
+    ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
+    let obs = ex.finish(10 * MS, &mut || false);
+    assert_eq!(
+        token_ops(&obs),
+        vec![
+            (TokenType::Input, Source::Usage, 9),
+            (TokenType::Output, Source::Usage, 3)
+        ]
+    );
+}
+
+#[test]
+fn a_non_streaming_response_reports_usage_without_reading_the_clock() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 5 * MS);
+    assert!(ex.request_body(br#"{"model":"m"}"#, true, &config, &mut model_two));
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    let body = br#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"completion_tokens_details":{"reasoning_tokens":1}}}"#;
+    let (a, b) = body.split_at(40);
+    ex.response_body(a, false, &config, &mut || panic!("clock"));
+    ex.response_body(b, true, &config, &mut || panic!("clock"));
+    let obs = ex.finish(25 * MS, &mut || panic!("flags"));
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert!(!obs.streaming);
+    assert_eq!(
+        (obs.ttft_ms, obs.tpot_us, obs.duration_ms),
+        (None, None, 20)
+    );
+    assert_eq!(
+        token_ops(&obs),
+        vec![
+            (TokenType::Input, Source::Usage, 3),
+            (TokenType::Output, Source::Usage, 2),
+            (TokenType::Reasoning, Source::Usage, 1)
+        ]
+    );
+}
+
+#[test]
+fn an_error_status_is_an_error_and_its_body_is_not_read() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    assert!(ex.request_body(
+        br#"{"model":"m","stream":true}"#,
+        true,
+        &config,
+        &mut model_two
+    ));
+    ex.response_headers(Some(503), Some("text/html"), None, false, &config);
+    assert!(!ex.wants_response_body());
+    ex.response_body(b"<html>upstream down</html>", true, &config, &mut || 0);
+    let obs = ex.finish(MS, &mut || panic!("flags"));
+    assert_eq!(
+        (obs.outcome, obs.status),
+        (Outcome::Error, StatusClass::S5xx)
+    );
+    assert!(obs.streaming, "the request asked for a stream");
+    assert_eq!(obs.errors, ErrorSet::default());
+}
+
+#[test]
+fn a_json_error_in_a_success_body_or_event_is_an_error() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Completions, 0);
+    ex.request_body(br#"{"model":"m"}"#, true, &config, &mut model_two);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"error":{"message":"overloaded"}}"#,
+        true,
+        &config,
+        &mut || 0,
+    );
+    assert_eq!(ex.finish(0, &mut || false).outcome, Outcome::Error);
+
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
+    ex.response_body(
+        b"data: {\"error\":{\"message\":\"boom\"}}\n\n",
+        true,
+        &config,
+        &mut || 0,
+    );
+    let obs = ex.finish(2 * MS, &mut || false);
+    assert_eq!(
+        (obs.outcome, obs.status),
+        (Outcome::Error, StatusClass::S2xx)
+    );
+}
+
+#[test]
+fn a_stream_that_ends_without_its_end_marker_is_an_upstream_abort() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(content_event("a").as_bytes(), true, &config, &mut || MS);
+    assert_eq!(
+        ex.finish(2 * MS, &mut || false).outcome,
+        Outcome::UpstreamAbort
+    );
+}
+
+#[test]
+fn no_end_of_response_is_a_client_or_upstream_abort_by_the_flags() {
+    let config = cfg();
+    for (dc, want) in [
+        (true, Outcome::ClientAbort),
+        (false, Outcome::UpstreamAbort),
+    ] {
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        chat_stream_request(&mut ex, &config);
+        ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+        ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
+        let obs = ex.finish(9 * MS, &mut || dc);
+        assert_eq!(obs.outcome, want);
+        assert_eq!(obs.duration_ms, 9);
+        assert_eq!(
+            token_ops(&obs),
+            vec![(TokenType::Output, Source::Estimated, 1)]
+        );
+    }
+    // No response at all.
+    let mut ex = Exchange::new(Api::Embeddings, 0);
+    let obs = ex.finish(MS, &mut || true);
+    assert_eq!(
+        (obs.outcome, obs.status, obs.model),
+        (Outcome::ClientAbort, StatusClass::None, ModelId::UNKNOWN)
+    );
+    assert!(!obs.was_active);
+}
+
+#[test]
+fn a_request_body_in_many_chunks_or_with_trailers_is_parsed_once_complete() {
+    let config = cfg();
+    let body = br#"{"messages":[{"role":"user","content":"hello"}],"model":"Qwen/Qwen3-1.7B","stream":false}"#;
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    let mut seen = Vec::new();
+    let mut resolve = |m: Option<&str>| {
+        seen.push(m.map(str::to_owned));
+        ModelId(5)
+    };
+    for c in body.chunks(7) {
+        assert!(!ex.request_body(c, false, &config, &mut resolve));
+    }
+    assert!(ex.request_trailers(&config, &mut resolve));
+    assert!(!ex.wants_request_body());
+    assert_eq!(seen, vec![Some("Qwen/Qwen3-1.7B".to_owned())]);
+    assert_eq!(ex.model(), ModelId(5));
+}
+
+#[test]
+fn an_oversized_request_is_counted_and_gets_the_unknown_model() {
+    let config = Config {
+        max_request_body_bytes: 16,
+        ..cfg()
+    };
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    let mut resolve = |m: Option<&str>| {
+        assert_eq!(m, None);
+        ModelId::UNKNOWN
+    };
+    assert!(!ex.request_body(b"{\"model\":", false, &config, &mut resolve));
+    assert!(ex.request_body(b"\"a-long-model-name\"}", true, &config, &mut resolve));
+    assert!(!ex.wants_request_body());
+    ex.response_headers(Some(200), Some("text/event-stream"), None, true, &config);
+    let obs = ex.finish(0, &mut || false);
+    assert!(obs.errors.contains(ErrorKind::RequestTooLarge));
+    assert!(obs.streaming, "falls back to the response's content type");
+    assert!(obs.was_active);
+}
+
+#[test]
+fn an_unreadable_request_is_a_request_parse_error() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    assert!(ex.request_body(b"model=gpt", true, &config, &mut |m| {
+        assert_eq!(m, None);
+        ModelId::UNKNOWN
+    }));
+    let obs = ex.finish(0, &mut || false);
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::RequestParse]
+    );
+}
+
+#[test]
+fn an_encoded_response_is_counted_and_not_read() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.request_body(br#"{"model":"m"}"#, true, &config, &mut model_two);
+    ex.response_headers(
+        Some(200),
+        Some("application/json"),
+        Some("gzip"),
+        false,
+        &config,
+    );
+    assert!(!ex.wants_response_body());
+    ex.response_end();
+    let obs = ex.finish(0, &mut || false);
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::EncodedBody]
+    );
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert_eq!(token_ops(&obs), vec![]);
+    // identity is readable
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(
+        Some(200),
+        Some("application/json"),
+        Some(" Identity "),
+        false,
+        &config,
+    );
+    assert!(ex.wants_response_body());
+}
+
+#[test]
+fn an_oversized_json_response_is_counted_and_dropped() {
+    let config = Config {
+        max_response_body_bytes: 10,
+        ..cfg()
+    };
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(b"{\"usage\":", false, &config, &mut || 0);
+    ex.response_body(b"{\"prompt_tokens\":1}}", true, &config, &mut || 0);
+    let obs = ex.finish(0, &mut || false);
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::ResponseTooLarge]
+    );
+    assert_eq!(obs.usage, None);
+}
+
+#[test]
+fn an_oversized_event_is_counted_once_and_later_events_still_count() {
+    let config = Config {
+        max_event_bytes: 128,
+        ..cfg()
+    };
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    let big = content_event(&"x".repeat(200));
+    ex.response_body(big.as_bytes(), false, &config, &mut || {
+        panic!("skipped event")
+    });
+    ex.response_body(big.as_bytes(), false, &config, &mut || {
+        panic!("skipped event")
+    });
+    ex.response_body(content_event("y").as_bytes(), false, &config, &mut || MS);
+    ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
+    let obs = ex.finish(MS, &mut || false);
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::EventTooLarge]
+    );
+    assert_eq!(obs.token_events, 1);
+    assert_eq!(obs.outcome, Outcome::Completed);
+}
+
+#[test]
+fn the_op_list_never_holds_a_zero_counter_and_lowers_the_gauge_once() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Embeddings, 0);
+    ex.request_body(
+        br#"{"model":"e","input":"x"}"#,
+        true,
+        &config,
+        &mut model_two,
+    );
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"data":[],"usage":{"prompt_tokens":0,"total_tokens":0}}"#,
+        true,
+        &config,
+        &mut || 0,
+    );
+    let obs = ex.finish(MS, &mut || false);
+    let all = ops(&obs);
+    assert!(all.iter().all(|(_, op)| *op != Op::Add(0)));
+    assert_eq!(token_ops(&obs), vec![]);
+    let gauges: Vec<_> = all
+        .iter()
+        .filter(|(s, _)| matches!(s, Series::ActiveRequests { .. }))
+        .collect();
+    assert_eq!(gauges.len(), 1);
+    assert_eq!(gauges[0].1, Op::GaugeAdd(-1));
+}
+
+#[test]
+fn a_single_token_stream_has_ttft_but_no_tpot() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(content_event("x").as_bytes(), false, &config, &mut || {
+        42 * MS
+    });
+    ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
+    let obs = ex.finish(50 * MS, &mut || false);
+    assert_eq!((obs.ttft_ms, obs.tpot_us), (Some(42), None));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden fixtures, replayed natively.
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+struct Fixture {
+    name: String,
+    config: Config,
+    method: String,
+    path: String,
+    request: Vec<u8>,
+    status: u16,
+    headers: BTreeMap<String, String>,
+    response: Vec<u8>,
+    end: String,
+    expect: BTreeMap<String, u64>,
+}
+
+fn body_bytes(dir: &Path, v: &Value) -> Vec<u8> {
+    if let Some(raw) = v.get("body_raw").and_then(Value::as_str) {
+        raw.as_bytes().to_vec()
+    } else if let Some(file) = v.get("body_file").and_then(Value::as_str) {
+        std::fs::read(dir.join(file)).unwrap()
+    } else if let Some(body) = v.get("body") {
+        serde_json::to_vec(body).unwrap()
+    } else {
+        Vec::new()
+    }
+}
+
+/// A canonical series key: `name{k="v",...}` with labels sorted.
+fn series_key(name: &str, labels: &BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    format!("{name}{{{}}}", inner.join(","))
+}
+
+fn load_fixtures() -> Vec<Fixture> {
+    let dir = fixtures_dir();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    assert!(
+        paths.len() >= 20,
+        "expected the golden fixtures in {}",
+        dir.display()
+    );
+    paths
+        .iter()
+        .map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            let config = match v.get("config") {
+                Some(c) => Config::parse(&serde_json::to_vec(c).unwrap()).unwrap(),
+                None => Config::default(),
+            };
+            let req = &v["request"];
+            let resp = &v["response"];
+            let mut expect = BTreeMap::new();
+            for e in v["expect"].as_array().unwrap() {
+                let labels: BTreeMap<String, String> = e["labels"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect();
+                let n = e
+                    .get("value")
+                    .or(e.get("count"))
+                    .and_then(Value::as_u64)
+                    .unwrap();
+                expect.insert(series_key(e["metric"].as_str().unwrap(), &labels), n);
+            }
+            Fixture {
+                name: p.file_name().unwrap().to_string_lossy().into_owned(),
+                config,
+                method: req
+                    .get("method")
+                    .and_then(Value::as_str)
+                    .unwrap_or("POST")
+                    .to_owned(),
+                path: req["path"].as_str().unwrap().to_owned(),
+                request: body_bytes(&dir, req),
+                status: resp["status"].as_u64().unwrap() as u16,
+                headers: resp
+                    .get("headers")
+                    .and_then(Value::as_object)
+                    .map(|h| {
+                        h.iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                response: body_bytes(&dir, resp),
+                end: v
+                    .get("end")
+                    .and_then(Value::as_str)
+                    .unwrap_or("complete")
+                    .to_owned(),
+                expect,
+            }
+        })
+        .collect()
+}
+
+/// Replays a fixture with the response body cut into `chunks`; returns the resulting series
+/// (counters by value, histograms by sample count; gauges must net to zero).
+fn replay(f: &Fixture, chunks: &[&[u8]]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Some(api) = f
+        .config
+        .api_for_path(&f.path)
+        .filter(|_| f.method == "POST")
+    else {
+        return out;
+    };
+    let mut labels = ModelLabels::new(&f.config.models, f.config.max_models);
+    let mut registry = MemoryRegistry::default();
+    let mut ex = Exchange::new(api, 0);
+    ex.request_body(&f.request, true, &f.config, &mut |m| {
+        labels.resolve(m, &mut registry)
+    });
+    let header = |n: &str| f.headers.get(n).map(String::as_str);
+    ex.response_headers(
+        Some(f.status),
+        header("content-type"),
+        header("content-encoding"),
+        false,
+        &f.config,
+    );
+    let last = chunks.len().saturating_sub(1);
+    let complete = f.end == "complete";
+    let mut t = 0;
+    for (i, c) in chunks.iter().enumerate() {
+        t += MS;
+        if ex.wants_response_body() {
+            ex.response_body(c, complete && i == last, &f.config, &mut || t);
+        }
+    }
+    if complete && (chunks.is_empty() || !ex.wants_response_body()) {
+        ex.response_end();
+    }
+    let obs = ex.finish(t + MS, &mut || f.end == "client_abort");
+    let mut gauge = 0i64;
+    obs.for_each_op(&mut |series, op| {
+        let name = series.stat_name(labels.name(series.model().unwrap_or(ModelId::UNKNOWN)));
+        let (metric, tags) = split_stat_name(&name);
+        match op {
+            Op::Add(n) => *out.entry(series_key(metric, &tags)).or_default() += n,
+            Op::Record(_) => *out.entry(series_key(metric, &tags)).or_default() += 1,
+            Op::GaugeAdd(n) => gauge += n,
+        }
+    });
+    assert_eq!(gauge, -i64::from(obs.was_active));
+    out
+}
+
+/// Undoes the Istio tag encoding the way Envoy's `stats_tags` regexes do.
+fn split_stat_name(name: &str) -> (&str, BTreeMap<String, String>) {
+    let mut tags = BTreeMap::new();
+    let mut rest = name;
+    while let Some((tag, after)) = rest.split_once(";.;") {
+        let (k, v) = tag.split_once("=.=").unwrap();
+        tags.insert(k.to_owned(), v.to_owned());
+        rest = after;
+    }
+    (rest, tags)
+}
+
+#[test]
+fn every_golden_fixture_gives_its_expected_series() {
+    let mut failures = Vec::new();
+    for f in load_fixtures() {
+        let got = replay(&f, &[&f.response]);
+        if got != f.expect {
+            failures.push(format!(
+                "{}:\n  want {:?}\n  got  {:?}",
+                f.name, f.expect, got
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_fixture_gives_the_same_series_at_every_split_point_and_byte_by_byte() {
+    for f in load_fixtures() {
+        let whole = replay(&f, &[&f.response]);
+        for i in 0..=f.response.len() {
+            let (a, b) = f.response.split_at(i);
+            assert_eq!(replay(&f, &[a, b]), whole, "{} split at {i}", f.name);
+        }
+        let bytes: Vec<&[u8]> = f.response.chunks(1).collect();
+        assert_eq!(replay(&f, &bytes), whole, "{} byte by byte", f.name);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_chunking_never_changes_the_series(cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12)) {
+        for f in load_fixtures() {
+            let whole = replay(&f, &[&f.response]);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(f.response.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for p in points {
+                chunks.push(&f.response[start..p]);
+                start = p;
+            }
+            chunks.push(&f.response[start..]);
+            prop_assert_eq!(replay(&f, &chunks), whole, "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn arbitrary_response_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048), sse in any::<bool>(), cut in any::<prop::sample::Index>()) {
+        let config = Config { max_event_bytes: 64, max_response_body_bytes: 512, ..Config::default() };
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        ex.request_body(&body, true, &config, &mut |_| ModelId::UNKNOWN);
+        ex.response_headers(Some(200), Some(if sse { "text/event-stream" } else { "application/json" }), None, false, &config);
+        let (a, b) = body.split_at(cut.index(body.len() + 1));
+        ex.response_body(a, false, &config, &mut || 1);
+        ex.response_body(b, true, &config, &mut || 2);
+        let obs = ex.finish(3, &mut || false);
+        obs.for_each_op(&mut |_, op| assert_ne!(op, Op::Add(0)));
+    }
+}
