@@ -1,0 +1,29 @@
+//! `qwen3-engine`: an OpenAI-compatible Qwen3 server on candle and axum.
+//!
+//! It exists so the gateway has a real upstream that speaks what production servers speak:
+//! OpenAI's chat/completions API with server-sent events, Qwen3's thinking mode split into
+//! `reasoning_content` like vLLM's Qwen3 parser, a continuous-batching scheduler, and vLLM's
+//! Prometheus metric names and buckets. Its `usage` counts are exact and serve as the ground
+//! truth the gateway's numbers are checked against.
+//!
+//! Layout: [`model`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
+//! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
+//! [`metrics`] (vLLM series), [`api`] (HTTP handlers), [`server`] (flags and assembly), and
+//! [`scripted`] (a weight-free backend for tests).
+//!
+//! ```no_run
+//! // Serve the tiny random-weight preset on 127.0.0.1:8000, as `qwen3-engine` does.
+//! use clap::Parser;
+//! # async fn run() -> anyhow::Result<()> {
+//! qwen3_engine::server::serve(qwen3_engine::server::Args::parse_from(["qwen3-engine"])).await
+//! # }
+//! ```
+
+pub mod api;
+pub mod chat;
+pub mod metrics;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod scripted;
+pub mod server;

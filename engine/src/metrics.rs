@@ -1,0 +1,239 @@
+//! Prometheus metrics under vLLM's names, label and bucket boundaries, so dashboards and alerts
+//! written for vLLM work unchanged against this engine.
+//!
+//! Exposed in the OpenMetrics text format by `prometheus-client`: counters registered as
+//! `vllm:prompt_tokens` appear as `vllm:prompt_tokens_total`, exactly the series vLLM exports.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Bucket boundaries taken from vLLM's Prometheus exporter (`vllm/v1/metrics/loggers.py`,
+/// `PrometheusStatLogger`): time to first token.
+pub const TTFT_BUCKETS: [f64; 22] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+/// From vLLM's exporter: inter-token latency (same boundaries as its time-per-output-token).
+pub const ITL_BUCKETS: [f64; 19] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+/// From vLLM's exporter: `request_latency_buckets`, shared by the e2e, queue, prefill and decode
+/// time histograms.
+pub const REQUEST_LATENCY_BUCKETS: [f64; 21] = [
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishLabels {
+    model_name: String,
+    finished_reason: String,
+}
+
+/// Handles to every series; cheap to clone (they share the underlying atomics).
+#[derive(Clone)]
+pub struct Metrics {
+    model_name: String,
+    pub num_requests_running: Gauge,
+    pub num_requests_waiting: Gauge,
+    pub kv_cache_usage_perc: Gauge<f64, AtomicU64>,
+    pub prompt_tokens: Counter,
+    pub generation_tokens: Counter,
+    request_success: Family<FinishLabels, Counter>,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub e2e_request_latency: Histogram,
+    pub request_queue_time: Histogram,
+    pub request_prefill_time: Histogram,
+    pub request_decode_time: Histogram,
+}
+
+impl Metrics {
+    pub fn new(model_name: &str, registry: &mut Registry) -> Self {
+        let l = ModelLabels {
+            model_name: model_name.to_owned(),
+        };
+        fn gauge(r: &mut Registry, name: &str, help: &str, l: &ModelLabels) -> Gauge {
+            let f = Family::<ModelLabels, Gauge>::default();
+            r.register(name, help, f.clone());
+            let m = f.get_or_create(l).clone();
+            m
+        }
+        fn counter(r: &mut Registry, name: &str, help: &str, l: &ModelLabels) -> Counter {
+            let f = Family::<ModelLabels, Counter>::default();
+            r.register(name, help, f.clone());
+            let m = f.get_or_create(l).clone();
+            m
+        }
+        fn histogram(
+            r: &mut Registry,
+            name: &str,
+            help: &str,
+            l: &ModelLabels,
+            buckets: &'static [f64],
+        ) -> Histogram {
+            let f = Family::<ModelLabels, Histogram, _>::new_with_constructor(move || {
+                Histogram::new(buckets.iter().copied())
+            });
+            r.register(name, help, f.clone());
+            let m = f.get_or_create(l).clone();
+            m
+        }
+        let kv = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            kv.clone(),
+        );
+        let kv_gauge = kv.get_or_create(&l).clone();
+        let request_success = Family::<FinishLabels, Counter>::default();
+        registry.register(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            request_success.clone(),
+        );
+        Self {
+            model_name: model_name.to_owned(),
+            num_requests_running: gauge(
+                registry,
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches.",
+                &l,
+            ),
+            num_requests_waiting: gauge(
+                registry,
+                "vllm:num_requests_waiting",
+                "Number of requests waiting to be processed.",
+                &l,
+            ),
+            kv_cache_usage_perc: kv_gauge,
+            prompt_tokens: counter(
+                registry,
+                "vllm:prompt_tokens",
+                "Number of prefill tokens processed.",
+                &l,
+            ),
+            generation_tokens: counter(
+                registry,
+                "vllm:generation_tokens",
+                "Number of generation tokens processed.",
+                &l,
+            ),
+            request_success,
+            time_to_first_token: histogram(
+                registry,
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+                &l,
+                &TTFT_BUCKETS,
+            ),
+            inter_token_latency: histogram(
+                registry,
+                "vllm:inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds.",
+                &l,
+                &ITL_BUCKETS,
+            ),
+            e2e_request_latency: histogram(
+                registry,
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of e2e request latency in seconds.",
+                &l,
+                &REQUEST_LATENCY_BUCKETS,
+            ),
+            request_queue_time: histogram(
+                registry,
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
+                &l,
+                &REQUEST_LATENCY_BUCKETS,
+            ),
+            request_prefill_time: histogram(
+                registry,
+                "vllm:request_prefill_time_seconds",
+                "Histogram of time spent in PREFILL phase for request.",
+                &l,
+                &REQUEST_LATENCY_BUCKETS,
+            ),
+            request_decode_time: histogram(
+                registry,
+                "vllm:request_decode_time_seconds",
+                "Histogram of time spent in DECODE phase for request.",
+                &l,
+                &REQUEST_LATENCY_BUCKETS,
+            ),
+        }
+    }
+
+    /// Counts a finished request under vLLM's `finished_reason` values (`stop`, `length`, `abort`).
+    pub fn request_finished(&self, reason: &str) {
+        self.request_success
+            .get_or_create(&FinishLabels {
+                model_name: self.model_name.clone(),
+                finished_reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// The registry plus handles, as served at `/metrics`.
+pub struct MetricsRegistry {
+    registry: Registry,
+    pub metrics: Metrics,
+}
+
+impl MetricsRegistry {
+    pub fn new(model_name: &str) -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(model_name, &mut registry);
+        Self { registry, metrics }
+    }
+
+    /// OpenMetrics text, as served with [`CONTENT_TYPE`].
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_uses_vllm_series_names_and_buckets() {
+        let r = MetricsRegistry::new("qwen3-tiny");
+        r.metrics.prompt_tokens.inc_by(7);
+        r.metrics.request_finished("stop");
+        r.metrics.time_to_first_token.observe(0.03);
+        r.metrics.kv_cache_usage_perc.set(0.25);
+        let text = r.encode();
+        for line in [
+            "vllm:prompt_tokens_total{model_name=\"qwen3-tiny\"} 7",
+            "vllm:request_success_total{model_name=\"qwen3-tiny\",finished_reason=\"stop\"} 1",
+            "vllm:time_to_first_token_seconds_bucket{le=\"0.04\",model_name=\"qwen3-tiny\"} 1",
+            "vllm:time_to_first_token_seconds_bucket{le=\"0.02\",model_name=\"qwen3-tiny\"} 0",
+            "vllm:kv_cache_usage_perc{model_name=\"qwen3-tiny\"} 0.25",
+            "vllm:num_requests_running{model_name=\"qwen3-tiny\"} 0",
+            "vllm:request_decode_time_seconds_bucket{le=\"7680.0\",model_name=\"qwen3-tiny\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

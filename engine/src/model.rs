@@ -1,0 +1,717 @@
+//! The Qwen3 forward pass, written for continuous batching.
+//!
+//! candle-transformers' `qwen3` keeps one KV cache inside the model and one position offset per
+//! batch, so every sequence in a batch must sit at the same position. A server interleaves requests
+//! that arrived at different times: one decode step must carry sequences at different positions,
+//! some of them still prefilling a chunk of their prompt. Here the weights are immutable and shared,
+//! every sequence owns a [`SeqCache`], and [`Qwen3::forward`] packs the new tokens of all sequences
+//! into one `(tokens, hidden)` matrix so each weight matrix is read once per step — the point of
+//! batching on a memory-bound CPU. Only attention, which reads each sequence's own cache, runs per
+//! sequence.
+//!
+//! The weight names and maths follow the Hugging Face `Qwen3ForCausalLM` checkpoint layout, and the
+//! test `batched_forward_matches_candle_transformers_qwen3` checks the logits against
+//! candle-transformers on the same weights.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::attention::{flash_attn, AttnMask};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+
+/// The subset of a Hugging Face `config.json` that the Qwen3 architecture needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Qwen3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    1_000_000.0
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl Qwen3Config {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// Checks what this implementation supports, naming the offending `config.json` field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.hidden_act != "silu" {
+            bail!(
+                "config.json: hidden_act {:?} is not supported (Qwen3 uses \"silu\")",
+                self.hidden_act
+            );
+        }
+        if self.use_sliding_window {
+            bail!("config.json: use_sliding_window = true is not supported");
+        }
+        if self.num_key_value_heads == 0
+            || self.num_attention_heads % self.num_key_value_heads != 0
+        {
+            bail!(
+                "config.json: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            );
+        }
+        if self.head_dim() % 2 != 0 {
+            bail!("config.json: head_dim must be even for rotary embeddings");
+        }
+        Ok(())
+    }
+
+    /// Random-weight presets with real Qwen3 shapes. The vocabulary is the real Qwen3 one so the
+    /// real tokenizer can be used with any preset.
+    pub fn preset(name: &str) -> anyhow::Result<Self> {
+        let base = |hidden, inter, layers, heads, kv, head_dim, tie| Qwen3Config {
+            vocab_size: 151_936,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim: Some(head_dim),
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            max_position_embeddings: 40_960,
+            tie_word_embeddings: tie,
+            attention_bias: false,
+            hidden_act: "silu".into(),
+            use_sliding_window: false,
+        };
+        Ok(match name {
+            "tiny" => base(64, 128, 2, 4, 2, 16, true),
+            // Shapes of Qwen/Qwen3-0.6B and Qwen/Qwen3-1.7B (config.json on the Hub).
+            "qwen3-0.6b" => base(1024, 3072, 28, 16, 8, 128, true),
+            "qwen3-1.7b" => base(2048, 6144, 28, 16, 8, 128, true),
+            other => bail!(
+                "--preset: unknown preset {other:?} (expected tiny, qwen3-0.6b or qwen3-1.7b)"
+            ),
+        })
+    }
+
+    /// Number of weight parameters (embedding counted once when tied).
+    pub fn num_params(&self) -> usize {
+        let h = self.hidden_size;
+        let hd = self.head_dim();
+        let q = self.num_attention_heads * hd;
+        let kv = self.num_key_value_heads * hd;
+        let per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * hd + 2 * h;
+        let emb = self.vocab_size * h;
+        let head = if self.tie_word_embeddings { 0 } else { emb };
+        emb + head + self.num_hidden_layers * per_layer + h
+    }
+
+    /// Bytes of K and V cached per token across all layers, in f32.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim() * 4
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Tensor,
+    k_norm: Tensor,
+}
+
+struct Layer {
+    attn: Attention,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+}
+
+/// Qwen3 weights plus rotary tables; shared, immutable, used by [`Qwen3::forward`].
+pub struct Qwen3 {
+    cfg: Qwen3Config,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// One layer's cache: `(capacity, kv_heads, head_dim)` tensors filled up to the sequence length,
+/// grown by doubling so appends are amortised copies of only the new rows.
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// The KV cache of one sequence. Dropping it frees the memory.
+pub struct SeqCache {
+    layers: Vec<Option<LayerCache>>,
+    len: usize,
+}
+
+impl SeqCache {
+    /// Tokens already in the cache (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// New tokens of one sequence for one step.
+pub struct StepInput<'a> {
+    pub cache: &'a mut SeqCache,
+    pub tokens: &'a [u32],
+}
+
+impl std::fmt::Debug for Qwen3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qwen3")
+            .field("config", &self.cfg)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Qwen3 {
+    /// Builds the model from checkpoint tensors named as in Hugging Face Qwen3 snapshots.
+    pub fn load(cfg: &Qwen3Config, vb: VarBuilder) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let device = vb.device().clone();
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let nh = cfg.num_attention_heads;
+        let nkv = cfg.num_key_value_heads;
+        let linear = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Linear> {
+            let w = vb.get((o, i), "weight")?;
+            let b = if cfg.attention_bias {
+                Some(vb.get(o, "bias")?)
+            } else {
+                None
+            };
+            Ok(Linear::new(w, b))
+        };
+        let plain = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Linear> {
+            Ok(Linear::new(vb.get((o, i), "weight")?, None))
+        };
+        let embed_w = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;
+        let embed = Embedding::new(embed_w.clone(), h);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = vb.pp(format!("model.layers.{i}"));
+            let a = l.pp("self_attn");
+            let m = l.pp("mlp");
+            layers.push(Layer {
+                attn: Attention {
+                    q_proj: linear(a.pp("q_proj"), h, nh * hd)?,
+                    k_proj: linear(a.pp("k_proj"), h, nkv * hd)?,
+                    v_proj: linear(a.pp("v_proj"), h, nkv * hd)?,
+                    o_proj: linear(a.pp("o_proj"), nh * hd, h)?,
+                    q_norm: a.get(hd, "q_norm.weight")?,
+                    k_norm: a.get(hd, "k_norm.weight")?,
+                },
+                gate_proj: plain(m.pp("gate_proj"), h, cfg.intermediate_size)?,
+                up_proj: plain(m.pp("up_proj"), h, cfg.intermediate_size)?,
+                down_proj: plain(m.pp("down_proj"), cfg.intermediate_size, h)?,
+                input_layernorm: l.get(h, "input_layernorm.weight")?,
+                post_attention_layernorm: l.get(h, "post_attention_layernorm.weight")?,
+            });
+        }
+        let norm = vb.get(h, "model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_w, None)
+        } else {
+            plain(vb.pp("lm_head"), h, cfg.vocab_size)?
+        };
+        let (cos, sin) = rotary_tables(cfg, &device)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device,
+        })
+    }
+
+    /// Loads a Hugging Face snapshot directory: `config.json` plus `model.safetensors` or the shards
+    /// listed in `model.safetensors.index.json`. Weights are converted to f32.
+    pub fn from_snapshot(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        let cfg = load_config(dir)?;
+        let files = safetensors_files(dir)?;
+        // SAFETY: the files are memory-mapped read-only; the snapshot must not be modified while
+        // the model loads (weights are copied into owned f32 tensors).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
+        Self::load(&cfg, vb).with_context(|| format!("loading weights from {}", dir.display()))
+    }
+
+    /// A deterministic random-weight model: the same `seed` always gives the same weights.
+    pub fn random(cfg: &Qwen3Config, seed: u64, device: &Device) -> anyhow::Result<Self> {
+        let tensors = random_weights(cfg, seed, device)?;
+        Self::load(cfg, VarBuilder::from_tensors(tensors, DType::F32, device))
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> SeqCache {
+        SeqCache {
+            layers: (0..self.cfg.num_hidden_layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Bytes of weight data read by one decode step (every matrix once; the embedding is a
+    /// gather, but with tied weights the same matrix is read whole as the LM head).
+    pub fn weight_bytes(&self) -> usize {
+        self.cfg.num_params() * 4
+    }
+
+    /// Runs one step over several sequences, each at its own position, and returns the logits of
+    /// each sequence's last new token, shape `(batch.len(), vocab)`. Each cache grows by its input.
+    pub fn forward(&self, batch: &mut [StepInput<'_>]) -> anyhow::Result<Tensor> {
+        if batch.is_empty() {
+            bail!("forward: empty batch");
+        }
+        let cfg = &self.cfg;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim(),
+        );
+        let eps = cfg.rms_norm_eps as f32;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut lasts = Vec::with_capacity(batch.len());
+        for item in batch.iter() {
+            if item.tokens.is_empty() {
+                bail!("forward: a sequence has no new tokens");
+            }
+            let start = item.cache.len;
+            if start + item.tokens.len() > cfg.max_position_embeddings {
+                bail!(
+                    "sequence of {} tokens exceeds max_position_embeddings {}",
+                    start + item.tokens.len(),
+                    cfg.max_position_embeddings
+                );
+            }
+            ids.extend_from_slice(item.tokens);
+            positions.extend((start..start + item.tokens.len()).map(|p| p as u32));
+            lasts.push((ids.len() - 1) as u32);
+        }
+        let total = ids.len();
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let pos = Tensor::from_vec(positions, total, &self.device)?;
+        let cos = self.cos.index_select(&pos, 0)?;
+        let sin = self.sin.index_select(&pos, 0)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        let mut h = self.embed.forward(&ids)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let x = candle_nn::ops::rms_norm(&h, &layer.input_layernorm, eps)?;
+            let a = &layer.attn;
+            let q = a.q_proj.forward(&x)?.reshape((total * nh, hd))?;
+            let q = candle_nn::ops::rms_norm(&q, &a.q_norm, eps)?.reshape((1, total, nh, hd))?;
+            let k = a.k_proj.forward(&x)?.reshape((total * nkv, hd))?;
+            let k = candle_nn::ops::rms_norm(&k, &a.k_norm, eps)?.reshape((1, total, nkv, hd))?;
+            let v = a.v_proj.forward(&x)?.reshape((total, nkv, hd))?;
+            let q = candle_nn::rotary_emb::rope_thd(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_thd(&k, &cos, &sin)?.squeeze(0)?;
+
+            let mut outs = Vec::with_capacity(batch.len());
+            let mut off = 0;
+            for item in batch.iter_mut() {
+                let l = item.tokens.len();
+                let prev = item.cache.len;
+                let (kc, vc) = append_kv(
+                    &mut item.cache.layers[li],
+                    &k.narrow(0, off, l)?,
+                    &v.narrow(0, off, l)?,
+                    prev,
+                )?;
+                let qi = q.narrow(1, off, l)?;
+                let o = attention(&qi, &kc, &vc, prev, scale, nh / nkv)?;
+                outs.push(o.reshape((l, nh * hd))?);
+                off += l;
+            }
+            let o = Tensor::cat(&outs, 0)?;
+            h = (h + a.o_proj.forward(&o)?)?;
+
+            let x = candle_nn::ops::rms_norm(&h, &layer.post_attention_layernorm, eps)?;
+            let g = candle_nn::ops::silu(&layer.gate_proj.forward(&x)?)?;
+            let u = layer.up_proj.forward(&x)?;
+            h = (h + layer.down_proj.forward(&(g * u)?)?)?;
+        }
+        for item in batch.iter_mut() {
+            item.cache.len += item.tokens.len();
+        }
+        let lasts = Tensor::from_vec(lasts, batch.len(), &self.device)?;
+        let h = h.index_select(&lasts, 0)?;
+        let h = candle_nn::ops::rms_norm(&h, &self.norm, eps)?;
+        Ok(self.lm_head.forward(&h)?)
+    }
+}
+
+/// Appends `k`, `v` (`(l, kv_heads, head_dim)`) after `prev` cached rows and returns views of the
+/// whole cache, `(prev + l, kv_heads, head_dim)`.
+fn append_kv(
+    slot: &mut Option<LayerCache>,
+    k: &Tensor,
+    v: &Tensor,
+    prev: usize,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let (l, nkv, hd) = k.dims3()?;
+    let need = prev + l;
+    let cap = slot.as_ref().map(|c| c.k.dim(0)).transpose()?.unwrap_or(0);
+    if need > cap {
+        let new_cap = need.next_power_of_two().max(64);
+        let nk = Tensor::zeros((new_cap, nkv, hd), k.dtype(), k.device())?;
+        let nv = Tensor::zeros((new_cap, nkv, hd), v.dtype(), v.device())?;
+        if let Some(old) = slot.as_ref() {
+            if prev > 0 {
+                nk.slice_set(&old.k.narrow(0, 0, prev)?, 0, 0)?;
+                nv.slice_set(&old.v.narrow(0, 0, prev)?, 0, 0)?;
+            }
+        }
+        *slot = Some(LayerCache { k: nk, v: nv });
+    }
+    let c = slot.as_ref().context("kv cache slot")?;
+    c.k.slice_set(&k.contiguous()?, 0, prev)?;
+    c.v.slice_set(&v.contiguous()?, 0, prev)?;
+    Ok((c.k.narrow(0, 0, need)?, c.v.narrow(0, 0, need)?))
+}
+
+/// Causal attention of `q` (`(1, l, heads, hd)`, positions `prev..prev+l`) over a cache
+/// (`(prev+l, kv_heads, hd)`); returns `(1, l, heads, hd)`.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    prev: usize,
+    scale: f32,
+    groups: usize,
+) -> anyhow::Result<Tensor> {
+    if q.device().is_cpu() && q.dtype() == DType::F32 {
+        // candle-nn's fused CPU kernel: GQA-aware, causal with a KV offset, no mask tensor.
+        let o = flash_attn::<f32>(
+            &q.contiguous()?,
+            &k.unsqueeze(0)?,
+            &v.unsqueeze(0)?,
+            scale,
+            AttnMask::causal_with_offset(prev),
+            None,
+            None,
+        )?;
+        return Ok(o.transpose(1, 2)?);
+    }
+    attention_reference(q, k, v, prev, scale, groups)
+}
+
+/// Plain matmul attention (any device): used off-CPU and as a cross-check in tests.
+pub(crate) fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    prev: usize,
+    scale: f32,
+    groups: usize,
+) -> anyhow::Result<Tensor> {
+    let (_, l, nh, hd) = q.dims4()?;
+    let kv_len = k.dim(0)?;
+    let nkv = nh / groups;
+    let q = q.squeeze(0)?.transpose(0, 1)?.contiguous()?; // (nh, l, hd)
+    let expand = |t: &Tensor| -> anyhow::Result<Tensor> {
+        Ok(t.transpose(0, 1)? // (nkv, kv, hd)
+            .unsqueeze(1)?
+            .broadcast_as((nkv, groups, kv_len, hd))?
+            .reshape((nh, kv_len, hd))?
+            .contiguous()?)
+    };
+    let k = expand(k)?;
+    let v = expand(v)?;
+    let scores = (q.matmul(&k.t()?)? * scale as f64)?; // (nh, l, kv)
+    let mask: Vec<f32> = (0..l)
+        .flat_map(|i| (0..kv_len).map(move |j| if j <= prev + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (l, kv_len), q.device())?.to_dtype(scores.dtype())?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+    let o = probs.matmul(&v)?; // (nh, l, hd)
+    Ok(o.transpose(0, 1)?.unsqueeze(0)?)
+}
+
+fn rotary_tables(cfg: &Qwen3Config, dev: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+    let dim = cfg.head_dim();
+    let inv_freq: Vec<f32> = (0..dim)
+        .step_by(2)
+        .map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
+        .collect();
+    let n = inv_freq.len();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, n), dev)?;
+    let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
+        .to_dtype(DType::F32)?
+        .reshape((cfg.max_position_embeddings, 1))?;
+    let freqs = t.matmul(&inv_freq)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// Reads and validates `config.json` from a snapshot directory.
+pub fn load_config(dir: &Path) -> anyhow::Result<Qwen3Config> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--model: cannot read {}", path.display()))?;
+    let cfg: Qwen3Config = serde_json::from_str(&text)
+        .with_context(|| format!("--model: invalid {}", path.display()))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The safetensors files of a snapshot: the shards named by `model.safetensors.index.json`, else
+/// `model.safetensors`.
+pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("--model: invalid {}", index.display()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("--model: {} has no weight_map object", index.display()))?;
+        let mut files: Vec<String> = map
+            .values()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .context("weight_map values must be file names")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        files.sort();
+        files.dedup();
+        return files
+            .into_iter()
+            .map(|f| {
+                let p = dir.join(&f);
+                if p.exists() {
+                    Ok(p)
+                } else {
+                    bail!("--model: shard {} listed in the index is missing", p.display())
+                }
+            })
+            .collect();
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    bail!(
+        "--model: {} has neither model.safetensors nor model.safetensors.index.json",
+        dir.display()
+    )
+}
+
+/// Random Qwen3 weights under their checkpoint names. Each tensor has its own generator seeded from
+/// `seed` and the tensor name, so the result does not depend on iteration order. Matrices are
+/// uniform with standard deviation 0.02 (Hugging Face's `initializer_range`), norms are ones.
+pub fn random_weights(
+    cfg: &Qwen3Config,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<HashMap<String, Tensor>> {
+    let h = cfg.hidden_size;
+    let hd = cfg.head_dim();
+    let q = cfg.num_attention_heads * hd;
+    let kv = cfg.num_key_value_heads * hd;
+    let mut shapes: Vec<(String, Vec<usize>, bool)> = vec![
+        ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], true),
+        ("model.norm.weight".into(), vec![h], false),
+    ];
+    if !cfg.tie_word_embeddings {
+        shapes.push(("lm_head.weight".into(), vec![cfg.vocab_size, h], true));
+    }
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        shapes.extend([
+            (format!("{p}.self_attn.q_proj.weight"), vec![q, h], true),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h], true),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h], true),
+            (format!("{p}.self_attn.o_proj.weight"), vec![h, q], true),
+            (format!("{p}.self_attn.q_norm.weight"), vec![hd], false),
+            (format!("{p}.self_attn.k_norm.weight"), vec![hd], false),
+            (format!("{p}.mlp.gate_proj.weight"), vec![cfg.intermediate_size, h], true),
+            (format!("{p}.mlp.up_proj.weight"), vec![cfg.intermediate_size, h], true),
+            (format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate_size], true),
+            (format!("{p}.input_layernorm.weight"), vec![h], false),
+            (format!("{p}.post_attention_layernorm.weight"), vec![h], false),
+        ]);
+        if cfg.attention_bias {
+            shapes.extend([
+                (format!("{p}.self_attn.q_proj.bias"), vec![q], true),
+                (format!("{p}.self_attn.k_proj.bias"), vec![kv], true),
+                (format!("{p}.self_attn.v_proj.bias"), vec![kv], true),
+                (format!("{p}.self_attn.o_proj.bias"), vec![h], true),
+            ]);
+        }
+    }
+    // Uniform(-a, a) has standard deviation a / sqrt(3).
+    let a = 0.02f32 * 3f32.sqrt();
+    let mut out = HashMap::with_capacity(shapes.len());
+    for (name, shape, random) in shapes {
+        let n: usize = shape.iter().product();
+        let t = if random {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ fnv1a(name.as_bytes()));
+            let data: Vec<f32> = (0..n).map(|_| rng.random_range(-a..a)).collect();
+            Tensor::from_vec(data, shape, device)?
+        } else {
+            Tensor::ones(shape, DType::F32, device)?
+        };
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Softmax-free helper for tests and sampling: the index of the largest logit.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Qwen3Config {
+        let mut c = Qwen3Config::preset("tiny").unwrap();
+        c.vocab_size = 300;
+        c.max_position_embeddings = 256;
+        c
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn random_weights_are_deterministic_per_seed() {
+        let cfg = tiny();
+        let a = random_weights(&cfg, 7, &Device::Cpu).unwrap();
+        let b = random_weights(&cfg, 7, &Device::Cpu).unwrap();
+        let c = random_weights(&cfg, 8, &Device::Cpu).unwrap();
+        let k = "model.layers.1.mlp.up_proj.weight";
+        assert_eq!(max_abs_diff(&a[k], &b[k]), 0.0);
+        assert!(max_abs_diff(&a[k], &c[k]) > 0.0);
+    }
+
+    #[test]
+    fn fused_cpu_attention_equals_reference_attention() {
+        let dev = Device::Cpu;
+        let (l, prev, nh, nkv, hd) = (3, 5, 4, 2, 16);
+        let q = Tensor::randn(0f32, 1.0, (1, l, nh, hd), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (prev + l, nkv, hd), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (prev + l, nkv, hd), &dev).unwrap();
+        let a = attention(&q, &k, &v, prev, 0.25, nh / nkv).unwrap();
+        let b = attention_reference(&q, &k, &v, prev, 0.25, nh / nkv).unwrap();
+        assert_eq!(a.dims(), b.dims());
+        assert!(max_abs_diff(&a, &b) < 1e-5);
+    }
+
+    #[test]
+    fn chunked_prefill_equals_whole_prefill() {
+        let cfg = tiny();
+        let m = Qwen3::random(&cfg, 1, &Device::Cpu).unwrap();
+        let prompt: Vec<u32> = (10..30).collect();
+        let mut whole = m.new_cache();
+        let a = m
+            .forward(&mut [StepInput {
+                cache: &mut whole,
+                tokens: &prompt,
+            }])
+            .unwrap();
+        let mut chunked = m.new_cache();
+        m.forward(&mut [StepInput {
+            cache: &mut chunked,
+            tokens: &prompt[..7],
+        }])
+        .unwrap();
+        let b = m
+            .forward(&mut [StepInput {
+                cache: &mut chunked,
+                tokens: &prompt[7..],
+            }])
+            .unwrap();
+        assert_eq!(chunked.len(), 20);
+        assert!(max_abs_diff(&a, &b) < 1e-4);
+    }
+
+    #[test]
+    fn presets_reject_unknown_names_and_count_params() {
+        assert!(Qwen3Config::preset("huge")
+            .unwrap_err()
+            .to_string()
+            .contains("--preset"));
+        // Qwen3-0.6B has ~596M parameters with tied embeddings.
+        let p = Qwen3Config::preset("qwen3-0.6b").unwrap().num_params();
+        assert!((590_000_000..600_000_000).contains(&p), "{p}");
+    }
+}

@@ -1,0 +1,626 @@
+//! The scheduler: one thread owns the model and runs continuous batching.
+//!
+//! Requests wait in a bounded queue ([`EngineHandle::submit`] refuses when it is full). Each step,
+//! up to `max_num_seqs` running sequences advance together: decoding sequences contribute one token,
+//! sequences still prefilling contribute a chunk of their prompt (at most
+//! `max_num_batched_tokens` tokens per step in all), and the model runs them in one forward pass.
+//! Every sampled token goes through detokenization, the Qwen3 reasoning split and stop checks here,
+//! so `usage` and the metrics count exactly the tokens the client received.
+//!
+//! A request is cancelled when its event receiver is dropped (the client disconnected, or the
+//! HTTP handler was dropped): the next step frees its slot and its KV cache.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::chat::{ChatTokenizer, Detokenizer};
+use crate::metrics::Metrics;
+use crate::sampling::{Sampler, SamplingParams};
+
+/// The model as the scheduler sees it: per-sequence caches and one batched step.
+pub trait Backend: Send + 'static {
+    type Cache: Send;
+    fn new_cache(&self) -> Self::Cache;
+    /// Feeds each sequence its new tokens and returns the logits after each one's last token.
+    fn forward(&mut self, batch: &mut [(&mut Self::Cache, &[u32])]) -> anyhow::Result<Vec<Vec<f32>>>;
+}
+
+impl Backend for crate::model::Qwen3 {
+    type Cache = crate::model::SeqCache;
+
+    fn new_cache(&self) -> Self::Cache {
+        crate::model::Qwen3::new_cache(self)
+    }
+
+    fn forward(&mut self, batch: &mut [(&mut Self::Cache, &[u32])]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let mut inputs: Vec<crate::model::StepInput> = batch
+            .iter_mut()
+            .map(|(c, t)| crate::model::StepInput {
+                cache: &mut **c,
+                tokens: t,
+            })
+            .collect();
+        let logits = crate::model::Qwen3::forward(self, &mut inputs)?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    pub max_queue: usize,
+    pub max_model_len: usize,
+    /// KV budget in tokens: a request is admitted when prompt + max_tokens fits next to the
+    /// reservations of the running ones.
+    pub kv_cache_tokens: usize,
+    pub max_num_batched_tokens: usize,
+}
+
+impl SchedulerConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_num_seqs == 0 {
+            anyhow::bail!("--max-num-seqs must be at least 1");
+        }
+        if self.kv_cache_tokens < self.max_model_len {
+            anyhow::bail!(
+                "--kv-cache-tokens ({}) must be at least --max-model-len ({})",
+                self.kv_cache_tokens,
+                self.max_model_len
+            );
+        }
+        if self.max_num_batched_tokens < self.max_num_seqs {
+            anyhow::bail!(
+                "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})",
+                self.max_num_batched_tokens,
+                self.max_num_seqs
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub reasoning_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A decoded piece of text, reasoning (inside `<think>`) or answer content.
+    Delta { reasoning: bool, text: String },
+    Done { reason: FinishReason, usage: Usage },
+    Error(String),
+}
+
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Split `<think>...</think>` into reasoning deltas (chat); otherwise tags are plain text.
+    pub split_reasoning: bool,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub arrival: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitError {
+    QueueFull,
+    Stopped,
+}
+
+struct Queue {
+    waiting: VecDeque<GenerateRequest>,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    alive: AtomicBool,
+    cfg: SchedulerConfig,
+    metrics: Metrics,
+}
+
+/// Cheap handle used by HTTP handlers.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    pub fn submit(&self, req: GenerateRequest) -> Result<(), SubmitError> {
+        if !self.is_alive() {
+            return Err(SubmitError::Stopped);
+        }
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.shutdown {
+            return Err(SubmitError::Stopped);
+        }
+        if q.waiting.len() >= self.shared.cfg.max_queue {
+            return Err(SubmitError::QueueFull);
+        }
+        q.waiting.push_back(req);
+        self.shared
+            .metrics
+            .num_requests_waiting
+            .set(q.waiting.len() as i64);
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::SeqCst)
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.shared.cfg
+    }
+
+    /// Stops the scheduler thread after the current step; waiting requests get an error.
+    pub fn shutdown(&self) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.shutdown = true;
+        drop(q);
+        self.shared.wake.notify_all();
+    }
+}
+
+/// Starts the scheduler thread that owns `backend`.
+pub fn spawn<B: Backend>(
+    backend: B,
+    tokenizer: Arc<ChatTokenizer>,
+    cfg: SchedulerConfig,
+    metrics: Metrics,
+) -> anyhow::Result<EngineHandle> {
+    cfg.validate()?;
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            waiting: VecDeque::new(),
+            shutdown: false,
+        }),
+        wake: Condvar::new(),
+        alive: AtomicBool::new(true),
+        cfg,
+        metrics,
+    });
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || {
+            let mut sched = Scheduler {
+                backend,
+                tok: tokenizer,
+                shared: s.clone(),
+                running: Vec::new(),
+                reserved: 0,
+            };
+            sched.run();
+            s.alive.store(false, Ordering::SeqCst);
+        })?;
+    Ok(EngineHandle { shared })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Content,
+    Reasoning,
+}
+
+struct Running<C> {
+    req: GenerateRequest,
+    cache: C,
+    fed: usize,
+    generated: Vec<u32>,
+    sampler: Sampler,
+    detok: Detokenizer,
+    mode: Mode,
+    reasoning_seen: bool,
+    reasoning_tokens: usize,
+    pending: String,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    reserve: usize,
+}
+
+impl<C> Running<C> {
+    fn prefilling(&self) -> bool {
+        self.fed < self.req.prompt.len()
+    }
+}
+
+struct Scheduler<B: Backend> {
+    backend: B,
+    tok: Arc<ChatTokenizer>,
+    shared: Arc<Shared>,
+    running: Vec<Running<B::Cache>>,
+    reserved: usize,
+}
+
+impl<B: Backend> Scheduler<B> {
+    fn run(&mut self) {
+        loop {
+            if !self.admit() {
+                break;
+            }
+            self.drop_cancelled();
+            self.update_gauges();
+            if self.running.is_empty() {
+                continue;
+            }
+            self.step();
+            self.update_gauges();
+        }
+        // Shutdown: tell everyone still waiting or running.
+        for r in self.running.drain(..) {
+            let _ = r.req.events.send(Event::Error("the engine is shutting down".into()));
+        }
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for r in q.waiting.drain(..) {
+            let _ = r.events.send(Event::Error("the engine is shutting down".into()));
+        }
+    }
+
+    /// Moves waiting requests into free slots. Blocks while there is nothing to do. Returns false
+    /// on shutdown.
+    fn admit(&mut self) -> bool {
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let m = &shared.metrics;
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if q.shutdown {
+                return false;
+            }
+            // Requests whose client went away while waiting are dropped here.
+            let before = q.waiting.len();
+            q.waiting.retain(|r| !r.events.is_closed());
+            for _ in q.waiting.len()..before {
+                m.request_finished("abort");
+            }
+            while self.running.len() < cfg.max_num_seqs {
+                let Some(front) = q.waiting.front() else { break };
+                let need = front.prompt.len() + front.max_tokens;
+                if self.reserved + need > cfg.kv_cache_tokens {
+                    break;
+                }
+                let Some(req) = q.waiting.pop_front() else { break };
+                let now = Instant::now();
+                m.request_queue_time
+                    .observe(now.duration_since(req.arrival).as_secs_f64());
+                self.reserved += need;
+                self.running.push(Running {
+                    cache: self.backend.new_cache(),
+                    fed: 0,
+                    generated: Vec::new(),
+                    sampler: Sampler::new(req.sampling.clone()),
+                    detok: Detokenizer::default(),
+                    mode: Mode::Content,
+                    reasoning_seen: false,
+                    reasoning_tokens: 0,
+                    pending: String::new(),
+                    admitted: now,
+                    first_token: None,
+                    last_token: None,
+                    reserve: need,
+                    req,
+                });
+            }
+            m.num_requests_waiting.set(q.waiting.len() as i64);
+            m.num_requests_running.set(self.running.len() as i64);
+            if !self.running.is_empty() {
+                return true;
+            }
+            // Idle: sleep until a submit; wake periodically to drop cancelled waiters.
+            let (guard, _) = shared
+                .wake
+                .wait_timeout(q, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner());
+            q = guard;
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let m = &self.shared.metrics;
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].req.events.is_closed() {
+                let r = self.running.swap_remove(i);
+                self.reserved -= r.reserve;
+                m.request_finished("abort");
+                // r (and its KV cache) is dropped here.
+            } else {
+                i += 1;
+            }
+        }
+        m.num_requests_running.set(self.running.len() as i64);
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.shared.metrics;
+        let used: usize = self
+            .running
+            .iter()
+            .map(|r| r.fed + r.generated.len().saturating_sub(1))
+            .sum();
+        m.kv_cache_usage_perc
+            .set(used as f64 / self.shared.cfg.kv_cache_tokens as f64);
+        m.num_requests_running.set(self.running.len() as i64);
+    }
+
+    fn step(&mut self) {
+        let budget = self.shared.cfg.max_num_batched_tokens;
+        // Decoding sequences first (one token each), then prompt chunks in arrival order.
+        let mut plan: Vec<(usize, usize, usize)> = Vec::new(); // (index, start, len)
+        let mut used = 0;
+        for (i, r) in self.running.iter().enumerate() {
+            if !r.prefilling() {
+                plan.push((i, 0, 1));
+                used += 1;
+            }
+        }
+        for (i, r) in self.running.iter().enumerate() {
+            if r.prefilling() && used < budget {
+                let n = (r.req.prompt.len() - r.fed).min(budget - used);
+                plan.push((i, r.fed, n));
+                used += n;
+            }
+        }
+        if plan.is_empty() {
+            return;
+        }
+        plan.sort_by_key(|p| p.0);
+        let result = {
+            let mut batch: Vec<(&mut B::Cache, &[u32])> = Vec::with_capacity(plan.len());
+            let mut it = self.running.iter_mut().enumerate();
+            for &(idx, start, len) in &plan {
+                let (_, r) = it.by_ref().find(|(j, _)| *j == idx).expect("planned index");
+                let tokens: &[u32] = if r.prefilling() {
+                    &r.req.prompt[start..start + len]
+                } else {
+                    std::slice::from_ref(r.generated.last().expect("decoding has a token"))
+                };
+                batch.push((&mut r.cache, tokens));
+            }
+            let backend = &mut self.backend;
+            std::panic::catch_unwind(AssertUnwindSafe(|| backend.forward(&mut batch)))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the model panicked")))
+        };
+        let logits = match result {
+            Ok(l) if l.len() == plan.len() => l,
+            Ok(_) => {
+                let e = anyhow::anyhow!("backend returned the wrong number of rows");
+                self.fail_batch(&plan, e);
+                return;
+            }
+            Err(e) => {
+                self.fail_batch(&plan, e);
+                return;
+            }
+        };
+        let mut finished = Vec::new();
+        for ((idx, _, len), mut row) in plan.into_iter().zip(logits) {
+            let r = &mut self.running[idx];
+            let was_prefill = r.prefilling();
+            if was_prefill {
+                r.fed += len;
+                if r.prefilling() {
+                    continue;
+                }
+                self.shared.metrics.prompt_tokens.inc_by(r.req.prompt.len() as u64);
+            }
+            let token = r.sampler.sample(&mut row);
+            if let Some(reason) = on_token(r, token, &self.tok, &self.shared) {
+                finished.push((idx, reason));
+            }
+        }
+        // Remove finished from the back so indices stay valid.
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let done: Vec<_> = finished
+            .into_iter()
+            .map(|(idx, reason)| {
+                let r = self.running.swap_remove(idx);
+                self.reserved -= r.reserve;
+                (r, reason)
+            })
+            .collect();
+        // Gauges first, so a client that reads /metrics right after its response sees them.
+        self.update_gauges();
+        for (r, reason) in done {
+            finish(r, reason, &self.tok, &self.shared);
+        }
+    }
+
+    fn fail_batch(&mut self, plan: &[(usize, usize, usize)], e: anyhow::Error) {
+        tracing::error!("forward pass failed: {e:#}");
+        let mut idx: Vec<usize> = plan.iter().map(|p| p.0).collect();
+        idx.sort_unstable_by(|a, b| b.cmp(a));
+        for i in idx {
+            let r = self.running.swap_remove(i);
+            self.reserved -= r.reserve;
+            let _ = r.req.events.send(Event::Error(format!("generation failed: {e}")));
+            self.shared.metrics.request_finished("error");
+        }
+        self.update_gauges();
+    }
+}
+
+/// Handles one sampled token; returns a finish reason when the sequence is done.
+fn on_token<C>(
+    r: &mut Running<C>,
+    token: u32,
+    tok: &ChatTokenizer,
+    shared: &Shared,
+) -> Option<FinishReason> {
+    let now = Instant::now();
+    let m = &shared.metrics;
+    match r.last_token {
+        None => {
+            m.time_to_first_token
+                .observe(now.duration_since(r.req.arrival).as_secs_f64());
+            r.first_token = Some(now);
+        }
+        Some(prev) => m
+            .inter_token_latency
+            .observe(now.duration_since(prev).as_secs_f64()),
+    }
+    r.last_token = Some(now);
+    r.generated.push(token);
+    m.generation_tokens.inc();
+
+    if tok.stop_token_ids.contains(&token) {
+        return Some(FinishReason::Stop);
+    }
+    let mut stopped = false;
+    if r.req.split_reasoning && Some(token) == tok.think_start && !r.reasoning_seen {
+        flush_mode(r, tok);
+        r.mode = Mode::Reasoning;
+        r.reasoning_seen = true;
+    } else if r.req.split_reasoning && Some(token) == tok.think_end && r.mode == Mode::Reasoning {
+        flush_mode(r, tok);
+        r.mode = Mode::Content;
+    } else {
+        if r.mode == Mode::Reasoning {
+            r.reasoning_tokens += 1;
+        }
+        match r.detok.step(tok, token) {
+            Ok(Some(text)) => stopped = push_text(r, &text),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    if stopped {
+        return Some(FinishReason::Stop);
+    }
+    let total = r.req.prompt.len() + r.generated.len();
+    if r.generated.len() >= r.req.max_tokens || total >= shared.cfg.max_model_len {
+        return Some(FinishReason::Length);
+    }
+    None
+}
+
+/// Adds decoded text to the current mode, emitting all of it except a tail that could still
+/// become a stop string. Returns true when a stop string matched (text before it is emitted).
+fn push_text<C>(r: &mut Running<C>, text: &str) -> bool {
+    r.pending.push_str(text);
+    if let Some(pos) = r
+        .req
+        .stop
+        .iter()
+        .filter_map(|s| r.pending.find(s.as_str()))
+        .min()
+    {
+        let before = r.pending[..pos].to_owned();
+        r.pending.clear();
+        emit(r, before);
+        return true;
+    }
+    let hold = r
+        .req
+        .stop
+        .iter()
+        .map(|s| longest_suffix_prefix(&r.pending, s))
+        .max()
+        .unwrap_or(0);
+    let cut = r.pending.len() - hold;
+    let out: String = r.pending.drain(..cut).collect();
+    emit(r, out);
+    false
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop`, on char boundaries.
+fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+    let max = stop.len().saturating_sub(1).min(text.len());
+    (1..=max)
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n)
+                && stop.is_char_boundary(n)
+                && stop.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+fn emit<C>(r: &Running<C>, text: String) {
+    if !text.is_empty() {
+        let _ = r.req.events.send(Event::Delta {
+            reasoning: r.mode == Mode::Reasoning,
+            text,
+        });
+    }
+}
+
+/// Emits everything held for the current mode (at a `<think>` boundary or the end).
+fn flush_mode<C>(r: &mut Running<C>, tok: &ChatTokenizer) {
+    if let Ok(Some(rest)) = r.detok.flush(tok) {
+        r.pending.push_str(&rest);
+    }
+    let out = std::mem::take(&mut r.pending);
+    emit(r, out);
+}
+
+fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, shared: &Shared) {
+    let stopped_by_string = reason == FinishReason::Stop
+        && !r
+            .generated
+            .last()
+            .is_some_and(|t| tok.stop_token_ids.contains(t));
+    if !stopped_by_string {
+        flush_mode(&mut r, tok);
+    }
+    let now = Instant::now();
+    let m = &shared.metrics;
+    m.e2e_request_latency
+        .observe(now.duration_since(r.req.arrival).as_secs_f64());
+    let first = r.first_token.unwrap_or(now);
+    m.request_prefill_time
+        .observe(first.duration_since(r.admitted).as_secs_f64());
+    m.request_decode_time
+        .observe(now.duration_since(first).as_secs_f64());
+    m.request_finished(reason.as_str());
+    let _ = r.req.events.send(Event::Done {
+        reason,
+        usage: Usage {
+            prompt_tokens: r.req.prompt.len(),
+            completion_tokens: r.generated.len(),
+            reasoning_tokens: r.reasoning_tokens,
+        },
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffix_prefix_hold_back() {
+        assert_eq!(longest_suffix_prefix("hello wo", "world"), 2);
+        assert_eq!(longest_suffix_prefix("hello", "xyz"), 0);
+        assert_eq!(longest_suffix_prefix("ab", "abc"), 2);
+        assert_eq!(longest_suffix_prefix("é", "éa"), 2);
+    }
+}

@@ -1,0 +1,71 @@
+//! A backend that "generates" a fixed token script, for tests of the HTTP layer, the reasoning
+//! split and the scheduler without model weights (the real tokenizer and chat template still run).
+//!
+//! The script is indexed by how many tokens a sequence has generated, so concurrent sequences each
+//! replay it from the start. After the script, it repeats `filler` (so `max_tokens` decides the end).
+//! Prompts must fit in one prefill chunk (`--max-num-batched-tokens`).
+
+use std::time::Duration;
+
+use crate::scheduler::Backend;
+
+pub struct ScriptedBackend {
+    pub script: Vec<u32>,
+    pub filler: u32,
+    pub vocab_size: usize,
+    /// Sleep per forward step, to make queueing and cancellation observable.
+    pub step_delay: Duration,
+    /// Steps run so far (shared so tests can watch progress).
+    pub steps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScriptedBackend {
+    pub fn new(script: Vec<u32>, filler: u32, vocab_size: usize) -> Self {
+        Self {
+            script,
+            filler,
+            vocab_size,
+            step_delay: Duration::ZERO,
+            steps: Default::default(),
+        }
+    }
+}
+
+pub struct ScriptedCache {
+    prompt_len: Option<usize>,
+    fed: usize,
+}
+
+impl Backend for ScriptedBackend {
+    type Cache = ScriptedCache;
+
+    fn new_cache(&self) -> ScriptedCache {
+        ScriptedCache {
+            prompt_len: None,
+            fed: 0,
+        }
+    }
+
+    fn forward(
+        &mut self,
+        batch: &mut [(&mut ScriptedCache, &[u32])],
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        if !self.step_delay.is_zero() {
+            std::thread::sleep(self.step_delay);
+        }
+        self.steps
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(batch
+            .iter_mut()
+            .map(|(cache, tokens)| {
+                cache.fed += tokens.len();
+                let prompt = *cache.prompt_len.get_or_insert(tokens.len());
+                let idx = cache.fed - prompt;
+                let next = self.script.get(idx).copied().unwrap_or(self.filler);
+                let mut logits = vec![0f32; self.vocab_size];
+                logits[next as usize] = 100.0;
+                logits
+            })
+            .collect())
+    }
+}

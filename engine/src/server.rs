@@ -1,0 +1,234 @@
+//! Command-line options and assembly of model, tokenizer, scheduler and router.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Parser;
+
+use crate::api::{router, AppState};
+use crate::chat::{locate_tokenizer_dir, ChatTokenizer};
+use crate::metrics::MetricsRegistry;
+use crate::model::{Qwen3, Qwen3Config};
+use crate::scheduler::{spawn, Backend, SchedulerConfig};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "qwen3-engine",
+    version,
+    about = "OpenAI-compatible Qwen3 server (candle + axum) with thinking mode, continuous batching \
+             and vLLM-compatible /metrics"
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free port).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// A local Hugging Face snapshot directory (config.json, tokenizer files, safetensors).
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// Random-weight model with real Qwen3 shapes when no --model is given.
+    #[arg(long, default_value = "tiny", value_parser = ["tiny", "qwen3-0.6b", "qwen3-1.7b"])]
+    pub preset: String,
+    /// Model name clients use (default: qwen3-<preset>, or the --model directory's name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Directory with tokenizer.json and tokenizer_config.json for presets.
+    #[arg(long, value_name = "DIR", env = "QWEN3_TOKENIZER_DIR")]
+    pub tokenizer_dir: Option<PathBuf>,
+    /// Most sequences decoded together in one step.
+    #[arg(long, default_value_t = 8)]
+    pub max_num_seqs: usize,
+    /// Most requests waiting for a slot; more are refused with 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Context length (prompt + completion); default min(model limit, 8192).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// KV-cache budget in tokens over all running sequences (default max(32768, max-model-len)).
+    #[arg(long)]
+    pub kv_cache_tokens: Option<usize>,
+    /// Most tokens (prompt chunks + decode tokens) in one forward step.
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+    /// Seed of the random preset weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seconds between SSE keep-alive comments while a stream waits for its first token.
+    #[arg(long, default_value_t = 10)]
+    pub sse_keepalive_secs: u64,
+    /// Run on the first CUDA GPU (needs the `cuda` feature).
+    #[arg(long)]
+    pub cuda: bool,
+}
+
+pub struct Built {
+    pub router: axum::Router,
+    pub state: Arc<AppState>,
+    pub model_name: String,
+}
+
+fn device(args: &Args) -> anyhow::Result<Device> {
+    if args.cuda {
+        Ok(Device::new_cuda(0).context("--cuda: no CUDA device (build with --features cuda)")?)
+    } else {
+        Ok(Device::Cpu)
+    }
+}
+
+/// Loads the model and tokenizer named by `args` and starts the scheduler.
+pub fn build(args: &Args) -> anyhow::Result<Built> {
+    let dev = device(args)?;
+    let (model, tok_dir, default_name) = match &args.model {
+        Some(dir) => {
+            let t = std::time::Instant::now();
+            let m = Qwen3::from_snapshot(dir, &dev)?;
+            tracing::info!("loaded {} in {:.1?}", dir.display(), t.elapsed());
+            let name = dir
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "model".into());
+            for f in ["tokenizer.json", "tokenizer_config.json"] {
+                if !dir.join(f).is_file() {
+                    anyhow::bail!("--model: {} has no {f}", dir.display());
+                }
+            }
+            (m, dir.clone(), name)
+        }
+        None => {
+            let cfg = Qwen3Config::preset(&args.preset)?;
+            let tok_dir = locate_tokenizer_dir(args.tokenizer_dir.as_deref())?;
+            let t = std::time::Instant::now();
+            let m = Qwen3::random(&cfg, args.seed, &dev)?;
+            tracing::info!(
+                "random {} weights ({} parameters, seed {}) in {:.1?}",
+                args.preset,
+                cfg.num_params(),
+                args.seed,
+                t.elapsed()
+            );
+            let name = if args.preset.starts_with("qwen3-") {
+                args.preset.clone()
+            } else {
+                format!("qwen3-{}", args.preset)
+            };
+            (m, tok_dir, name)
+        }
+    };
+    let tokenizer = Arc::new(ChatTokenizer::from_dir(&tok_dir)?);
+    if tokenizer.vocab_size() > model.config().vocab_size {
+        anyhow::bail!(
+            "the tokenizer has {} tokens but the model's vocab_size is {}",
+            tokenizer.vocab_size(),
+            model.config().vocab_size
+        );
+    }
+    let model_name = args.served_model_name.clone().unwrap_or(default_name);
+    let max_model_len = args
+        .max_model_len
+        .unwrap_or_else(|| model.config().max_position_embeddings.min(8192));
+    if max_model_len > model.config().max_position_embeddings {
+        anyhow::bail!(
+            "--max-model-len {max_model_len} exceeds the model's max_position_embeddings {}",
+            model.config().max_position_embeddings
+        );
+    }
+    let sched = SchedulerConfig {
+        max_num_seqs: args.max_num_seqs,
+        max_queue: args.max_queue,
+        max_model_len,
+        kv_cache_tokens: args.kv_cache_tokens.unwrap_or(max_model_len.max(32_768)),
+        max_num_batched_tokens: args.max_num_batched_tokens,
+    };
+    Ok(assemble(
+        model,
+        tokenizer,
+        model_name,
+        sched,
+        Duration::from_secs(args.sse_keepalive_secs.max(1)),
+    )?)
+}
+
+/// Starts a scheduler over any backend and builds the router around it (tests use the scripted
+/// backend here; the binary uses the Qwen3 model).
+pub fn assemble<B: Backend>(
+    backend: B,
+    tokenizer: Arc<ChatTokenizer>,
+    model_name: String,
+    sched: SchedulerConfig,
+    keepalive: Duration,
+) -> anyhow::Result<Built> {
+    let max_model_len = sched.max_model_len;
+    let registry = Arc::new(MetricsRegistry::new(&model_name));
+    let engine = spawn(backend, tokenizer.clone(), sched, registry.metrics.clone())?;
+    let state = Arc::new(AppState {
+        engine,
+        tokenizer,
+        model_name: model_name.clone(),
+        max_model_len,
+        metrics: registry,
+        keepalive,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    });
+    Ok(Built {
+        router: router(state.clone()),
+        state,
+        model_name,
+    })
+}
+
+/// Binds, prints the address and serves until Ctrl-C / SIGTERM.
+pub async fn serve(args: Args) -> anyhow::Result<()> {
+    let built = tokio::task::spawn_blocking({
+        let args = args.clone();
+        move || build(&args)
+    })
+    .await??;
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host/--port: invalid address {}:{}", args.host, args.port))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    // One parseable line for scripts and tests that start the binary on port 0.
+    println!("qwen3-engine serving {} on http://{local}", built.model_name);
+    tracing::info!("serving model {} on http://{local}", built.model_name);
+    let engine = built.state.engine.clone();
+    axum::serve(listener, built.router)
+        .with_graceful_shutdown(async {
+            shutdown_signal().await;
+        })
+        .await?;
+    engine.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
