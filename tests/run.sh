@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command; .ci/run runs exactly this).
+#
+#   bash tests/run.sh
+#
+# Installs what the tests need (envoy/setup.sh --test: wasm target, Envoy 1.40, tokenizer, Prometheus,
+# promtool, amtool, the openai client), then: formatting and lints, the filter .wasm, the engine binary
+# the end-to-end tests start, every cargo test in the workspace (filter core, the wasmtime host suite
+# on the real .wasm, the engine, end-to-end tests through real Envoy), and the deployment checks.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "setup"
+bash envoy/setup.sh --test
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy -p llm-metrics-filter --all-targets -- -D warnings
+cargo clippy -p llm-metrics-filter --target wasm32-wasip1 -- -D warnings
+
+step "build the filter .wasm and the engine binary"
+cargo build --release --target wasm32-wasip1 -p llm-metrics-filter
+cargo build -p qwen3-engine --bins
+
+step "cargo tests"
+cargo test --workspace
+
+step "deployment checks"
+LLM_FILTER_WASM=target/wasm32-wasip1/release/llm_metrics_filter.wasm bash envoy/check.sh
