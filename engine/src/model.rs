@@ -77,7 +77,9 @@ impl Qwen3Config {
             bail!("config.json: use_sliding_window = true is not supported");
         }
         if self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             bail!(
                 "config.json: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
@@ -85,7 +87,7 @@ impl Qwen3Config {
                 self.num_key_value_heads
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!("config.json: head_dim must be even for rotary embeddings");
         }
         Ok(())
@@ -127,7 +129,8 @@ impl Qwen3Config {
         let hd = self.head_dim();
         let q = self.num_attention_heads * hd;
         let kv = self.num_key_value_heads * hd;
-        let per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * hd + 2 * h;
+        let per_layer =
+            h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * hd + 2 * h;
         let emb = self.vocab_size * h;
         let head = if self.tie_word_embeddings { 0 } else { emb };
         emb + head + self.num_hidden_layers * per_layer + h
@@ -473,7 +476,15 @@ pub(crate) fn attention_reference(
     let v = expand(v)?;
     let scores = (q.matmul(&k.t()?)? * scale as f64)?; // (nh, l, kv)
     let mask: Vec<f32> = (0..l)
-        .flat_map(|i| (0..kv_len).map(move |j| if j <= prev + i { 0.0 } else { f32::NEG_INFINITY }))
+        .flat_map(|i| {
+            (0..kv_len).map(move |j| {
+                if j <= prev + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
         .collect();
     let mask = Tensor::from_vec(mask, (l, kv_len), q.device())?.to_dtype(scores.dtype())?;
     let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
@@ -536,7 +547,10 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 if p.exists() {
                     Ok(p)
                 } else {
-                    bail!("--model: shard {} listed in the index is missing", p.display())
+                    bail!(
+                        "--model: shard {} listed in the index is missing",
+                        p.display()
+                    )
                 }
             })
             .collect();
@@ -564,7 +578,11 @@ pub fn random_weights(
     let q = cfg.num_attention_heads * hd;
     let kv = cfg.num_key_value_heads * hd;
     let mut shapes: Vec<(String, Vec<usize>, bool)> = vec![
-        ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], true),
+        (
+            "model.embed_tokens.weight".into(),
+            vec![cfg.vocab_size, h],
+            true,
+        ),
         ("model.norm.weight".into(), vec![h], false),
     ];
     if !cfg.tie_word_embeddings {
@@ -579,11 +597,27 @@ pub fn random_weights(
             (format!("{p}.self_attn.o_proj.weight"), vec![h, q], true),
             (format!("{p}.self_attn.q_norm.weight"), vec![hd], false),
             (format!("{p}.self_attn.k_norm.weight"), vec![hd], false),
-            (format!("{p}.mlp.gate_proj.weight"), vec![cfg.intermediate_size, h], true),
-            (format!("{p}.mlp.up_proj.weight"), vec![cfg.intermediate_size, h], true),
-            (format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate_size], true),
+            (
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![cfg.intermediate_size, h],
+                true,
+            ),
+            (
+                format!("{p}.mlp.up_proj.weight"),
+                vec![cfg.intermediate_size, h],
+                true,
+            ),
+            (
+                format!("{p}.mlp.down_proj.weight"),
+                vec![h, cfg.intermediate_size],
+                true,
+            ),
             (format!("{p}.input_layernorm.weight"), vec![h], false),
-            (format!("{p}.post_attention_layernorm.weight"), vec![h], false),
+            (
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+                false,
+            ),
         ]);
         if cfg.attention_bias {
             shapes.extend([

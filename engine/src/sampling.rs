@@ -68,6 +68,39 @@ impl Sampler {
 
     fn sample_random(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
+        if p.top_k == 0 && p.top_p >= 1.0 {
+            // Plain temperature sampling needs no sort over the whole vocabulary.
+            let max = logits
+                .iter()
+                .copied()
+                .filter(|l| l.is_finite())
+                .fold(f32::NEG_INFINITY, f32::max);
+            if max == f32::NEG_INFINITY {
+                return 0;
+            }
+            let w: Vec<f32> = logits
+                .iter()
+                .map(|l| {
+                    if l.is_finite() {
+                        ((l - max) / p.temperature).exp()
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mut r = self.rng.random::<f32>() * w.iter().sum::<f32>();
+            let mut last = 0;
+            for (i, x) in w.iter().enumerate() {
+                if *x > 0.0 {
+                    last = i;
+                    r -= x;
+                    if r <= 0.0 {
+                        return i as u32;
+                    }
+                }
+            }
+            return last as u32;
+        }
         let mut cand: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()

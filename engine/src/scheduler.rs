@@ -27,7 +27,10 @@ pub trait Backend: Send + 'static {
     type Cache: Send;
     fn new_cache(&self) -> Self::Cache;
     /// Feeds each sequence its new tokens and returns the logits after each one's last token.
-    fn forward(&mut self, batch: &mut [(&mut Self::Cache, &[u32])]) -> anyhow::Result<Vec<Vec<f32>>>;
+    fn forward(
+        &mut self,
+        batch: &mut [(&mut Self::Cache, &[u32])],
+    ) -> anyhow::Result<Vec<Vec<f32>>>;
 }
 
 impl Backend for crate::model::Qwen3 {
@@ -37,11 +40,14 @@ impl Backend for crate::model::Qwen3 {
         crate::model::Qwen3::new_cache(self)
     }
 
-    fn forward(&mut self, batch: &mut [(&mut Self::Cache, &[u32])]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward(
+        &mut self,
+        batch: &mut [(&mut Self::Cache, &[u32])],
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
         let mut inputs: Vec<crate::model::StepInput> = batch
             .iter_mut()
             .map(|(c, t)| crate::model::StepInput {
-                cache: &mut **c,
+                cache: c,
                 tokens: t,
             })
             .collect();
@@ -109,8 +115,14 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A decoded piece of text, reasoning (inside `<think>`) or answer content.
-    Delta { reasoning: bool, text: String },
-    Done { reason: FinishReason, usage: Usage },
+    Delta {
+        reasoning: bool,
+        text: String,
+    },
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+    },
     Error(String),
 }
 
@@ -277,11 +289,16 @@ impl<B: Backend> Scheduler<B> {
         }
         // Shutdown: tell everyone still waiting or running.
         for r in self.running.drain(..) {
-            let _ = r.req.events.send(Event::Error("the engine is shutting down".into()));
+            let _ = r
+                .req
+                .events
+                .send(Event::Error("the engine is shutting down".into()));
         }
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         for r in q.waiting.drain(..) {
-            let _ = r.events.send(Event::Error("the engine is shutting down".into()));
+            let _ = r
+                .events
+                .send(Event::Error("the engine is shutting down".into()));
         }
     }
 
@@ -303,12 +320,16 @@ impl<B: Backend> Scheduler<B> {
                 m.request_finished("abort");
             }
             while self.running.len() < cfg.max_num_seqs {
-                let Some(front) = q.waiting.front() else { break };
+                let Some(front) = q.waiting.front() else {
+                    break;
+                };
                 let need = front.prompt.len() + front.max_tokens;
                 if self.reserved + need > cfg.kv_cache_tokens {
                     break;
                 }
-                let Some(req) = q.waiting.pop_front() else { break };
+                let Some(req) = q.waiting.pop_front() else {
+                    break;
+                };
                 let now = Instant::now();
                 m.request_queue_time
                     .observe(now.duration_since(req.arrival).as_secs_f64());
@@ -431,7 +452,10 @@ impl<B: Backend> Scheduler<B> {
                 if r.prefilling() {
                     continue;
                 }
-                self.shared.metrics.prompt_tokens.inc_by(r.req.prompt.len() as u64);
+                self.shared
+                    .metrics
+                    .prompt_tokens
+                    .inc_by(r.req.prompt.len() as u64);
             }
             let token = r.sampler.sample(&mut row);
             if let Some(reason) = on_token(r, token, &self.tok, &self.shared) {
@@ -462,7 +486,10 @@ impl<B: Backend> Scheduler<B> {
         for i in idx {
             let r = self.running.swap_remove(i);
             self.reserved -= r.reserve;
-            let _ = r.req.events.send(Event::Error(format!("generation failed: {e}")));
+            let _ = r
+                .req
+                .events
+                .send(Event::Error(format!("generation failed: {e}")));
             self.shared.metrics.request_finished("error");
         }
         self.update_gauges();

@@ -53,8 +53,7 @@ impl Backend for ScriptedBackend {
         if !self.step_delay.is_zero() {
             std::thread::sleep(self.step_delay);
         }
-        self.steps
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(batch
             .iter_mut()
             .map(|(cache, tokens)| {

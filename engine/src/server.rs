@@ -146,13 +146,13 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
         kv_cache_tokens: args.kv_cache_tokens.unwrap_or(max_model_len.max(32_768)),
         max_num_batched_tokens: args.max_num_batched_tokens,
     };
-    Ok(assemble(
+    assemble(
         model,
         tokenizer,
         model_name,
         sched,
         Duration::from_secs(args.sse_keepalive_secs.max(1)),
-    )?)
+    )
 }
 
 /// Starts a scheduler over any backend and builds the router around it (tests use the scripted
@@ -201,7 +201,10 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     // One parseable line for scripts and tests that start the binary on port 0.
-    println!("qwen3-engine serving {} on http://{local}", built.model_name);
+    println!(
+        "qwen3-engine serving {} on http://{local}",
+        built.model_name
+    );
     tracing::info!("serving model {} on http://{local}", built.model_name);
     let engine = built.state.engine.clone();
     axum::serve(listener, built.router)
@@ -219,8 +222,7 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             s.recv().await;
         }

@@ -20,8 +20,12 @@ use tower::ServiceExt;
 const MODEL: &str = "qwen3-test";
 
 fn tokenizer() -> Arc<ChatTokenizer> {
-    let dir = locate_tokenizer_dir(None).unwrap_or_else(|e| panic!("{e}"));
-    Arc::new(ChatTokenizer::from_dir(&dir).unwrap())
+    static TOK: std::sync::OnceLock<Arc<ChatTokenizer>> = std::sync::OnceLock::new();
+    TOK.get_or_init(|| {
+        let dir = locate_tokenizer_dir(None).unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(ChatTokenizer::from_dir(&dir).unwrap())
+    })
+    .clone()
 }
 
 struct Script {
@@ -63,7 +67,12 @@ fn app() -> (Built, Script) {
     (app_with(s.tokens.clone(), sched(4, 8), Duration::ZERO), s)
 }
 
-async fn call(router: &Router, method: Method, path: &str, body: Option<Value>) -> axum::response::Response {
+async fn call(
+    router: &Router,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> axum::response::Response {
     let req = Request::builder().method(method).uri(path);
     let req = match body {
         Some(b) => req
@@ -79,7 +88,10 @@ async fn post(router: &Router, path: &str, body: Value) -> (StatusCode, Value) {
     let resp = call(router, Method::POST, path, Some(body)).await;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn post_stream(router: &Router, path: &str, body: Value) -> (String, String) {
@@ -174,7 +186,9 @@ async fn chat_stream_is_openai_sse_with_role_first_and_usage_last() {
     let id = first["id"].as_str().unwrap();
     assert!(chunks.iter().all(|c| c["id"] == id && c["model"] == MODEL));
     // Every chunk but the last carries `usage: null` when include_usage is set (OpenAI's shape).
-    assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null() && c.get("usage").is_some()));
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c["usage"].is_null() && c.get("usage").is_some()));
     let mut reasoning = String::new();
     let mut content = String::new();
     for c in &chunks[1..chunks.len() - 2] {
@@ -194,8 +208,14 @@ async fn chat_stream_is_openai_sse_with_role_first_and_usage_last() {
     assert_eq!(fin["choices"][0]["delta"], json!({}));
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(usage_chunk["choices"], json!([]));
-    assert_eq!(usage_chunk["usage"]["prompt_tokens"], prompt_len(&t, user("Hi"), None));
-    assert_eq!(usage_chunk["usage"]["completion_tokens"], script.tokens.len() as u64);
+    assert_eq!(
+        usage_chunk["usage"]["prompt_tokens"],
+        prompt_len(&t, user("Hi"), None)
+    );
+    assert_eq!(
+        usage_chunk["usage"]["completion_tokens"],
+        script.tokens.len() as u64
+    );
     assert_eq!(
         usage_chunk["usage"]["completion_tokens_details"]["reasoning_tokens"],
         script.reasoning.len() as u64
@@ -224,7 +244,11 @@ async fn enable_thinking_false_is_honoured_top_level_and_in_chat_template_kwargs
     let (app, _) = app();
     let t = tokenizer();
     let with = prompt_len(&t, user("Hi"), Some(false));
-    assert_eq!(with, prompt_len(&t, user("Hi"), None) + t.encode("<think>\n\n</think>\n\n").unwrap().len() as u64);
+    assert_eq!(
+        with,
+        prompt_len(&t, user("Hi"), None)
+            + t.encode("<think>\n\n</think>\n\n").unwrap().len() as u64
+    );
     for body in [
         json!({"messages": user("Hi"), "enable_thinking": false, "return_reasoning": true}),
         json!({"messages": user("Hi"), "chat_template_kwargs": {"enable_thinking": false}}),
@@ -249,7 +273,10 @@ async fn max_tokens_and_max_completion_tokens_end_with_length() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 3);
     // Two tokens of reasoning after <think>: reasoning_content holds them, content is empty.
-    assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 2);
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        2
+    );
     assert_eq!(v["choices"][0]["message"]["content"], "");
     let (_, v) = post(
         &app.router,
@@ -271,7 +298,10 @@ async fn stop_strings_cut_the_content_and_finish_with_stop() {
         )
         .await;
         let content = v["choices"][0]["message"]["content"].as_str().unwrap();
-        assert!(content == "\n\nHello " || content == "\n\nHello w", "{content:?}");
+        assert!(
+            content == "\n\nHello " || content == "\n\nHello w",
+            "{content:?}"
+        );
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
     }
     // Streaming never leaks the beginning of a stop string.
@@ -286,7 +316,9 @@ async fn stop_strings_cut_the_content_and_finish_with_stop() {
         .filter(|e| *e != "[DONE]")
         .filter_map(|e| {
             let v: Value = serde_json::from_str(e).unwrap();
-            v["choices"][0]["delta"]["content"].as_str().map(str::to_owned)
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
         })
         .collect();
     assert_eq!(text, "\n\nHello ");
@@ -304,9 +336,14 @@ async fn completions_endpoint_plain_and_streaming() {
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["object"], "text_completion");
-    let expected = t.decode(&script.tokens[..script.tokens.len() - 1], true).unwrap();
+    let expected = t
+        .decode(&script.tokens[..script.tokens.len() - 1], true)
+        .unwrap();
     assert_eq!(v["choices"][0]["text"], expected.as_str());
-    assert_eq!(v["usage"]["prompt_tokens"], t.encode("Once upon a time").unwrap().len() as u64);
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        t.encode("Once upon a time").unwrap().len() as u64
+    );
     assert_eq!(v["usage"]["completion_tokens"], script.tokens.len() as u64);
     // The legacy default is 16 tokens.
     let (_, v) = post(&app.router, "/v1/completions", json!({"prompt": [1, 2, 3]})).await;
@@ -329,8 +366,20 @@ async fn completions_endpoint_plain_and_streaming() {
         .iter()
         .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(text, t.decode(&script.tokens[..16], true).unwrap());
-    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 16);
+    // The script (13 tokens) ends with <|im_end|> before the default 16 tokens.
+    assert_eq!(
+        text,
+        t.decode(&script.tokens[..script.tokens.len() - 1], true)
+            .unwrap()
+    );
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"],
+        script.tokens.len() as u64
+    );
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "stop"
+    );
 }
 
 #[tokio::test]
@@ -339,18 +388,38 @@ async fn models_health_and_metrics() {
     let resp = call(&app.router, Method::GET, "/health", None).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let resp = call(&app.router, Method::GET, "/v1/models", None).await;
-    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], MODEL);
     assert_eq!(v["data"][0]["max_model_len"], 256);
 
-    let (_, done) = post(&app.router, "/v1/chat/completions", json!({"messages": user("Hi"), "max_tokens": 4})).await;
+    let (_, done) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Hi"), "max_tokens": 4}),
+    )
+    .await;
     let resp = call(&app.router, Method::GET, "/metrics", None).await;
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
     let l = format!("model_name=\"{MODEL}\"");
     for needle in [
-        format!("vllm:prompt_tokens_total{{{l}}} {}", done["usage"]["prompt_tokens"]),
+        format!(
+            "vllm:prompt_tokens_total{{{l}}} {}",
+            done["usage"]["prompt_tokens"]
+        ),
         format!("vllm:generation_tokens_total{{{l}}} 4"),
         format!("vllm:request_success_total{{{l},finished_reason=\"length\"}} 1"),
         format!("vllm:num_requests_running{{{l}}} 0"),
@@ -367,7 +436,13 @@ async fn models_health_and_metrics() {
     }
 }
 
-async fn expect_error(app: &Built, path: &str, body: Value, status: StatusCode, param: Option<&str>) -> Value {
+async fn expect_error(
+    app: &Built,
+    path: &str,
+    body: Value,
+    status: StatusCode,
+    param: Option<&str>,
+) -> Value {
     let (s, v) = post(&app.router, path, body.clone()).await;
     assert_eq!(s, status, "{body} -> {v}");
     let e = &v["error"];
@@ -377,7 +452,14 @@ async fn expect_error(app: &Built, path: &str, body: Value, status: StatusCode, 
     match param {
         Some(p) => {
             assert_eq!(e["param"], p, "{v}");
-            assert!(e["message"].as_str().unwrap().contains(p.rsplit('.').next().unwrap()) || p.contains('['), "{v}");
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(p.rsplit('.').next().unwrap())
+                    || p.contains('['),
+                "{v}"
+            );
         }
         None => assert!(e["param"].is_null()),
     }
@@ -396,56 +478,242 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(resp.status(), bad);
-    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("JSON"));
 
     expect_error(&app, c, json!({}), bad, Some("messages")).await;
     expect_error(&app, c, json!({"messages": []}), bad, Some("messages")).await;
     expect_error(&app, c, json!({"messages": "hi"}), bad, Some("messages")).await;
-    expect_error(&app, c, json!({"messages": [{"content": "x"}]}), bad, Some("messages[0].role")).await;
-    expect_error(&app, c, json!({"messages": [{"role": "robot", "content": "x"}]}), bad, Some("messages[0].role")).await;
-    expect_error(&app, c, json!({"messages": [{"role": "user"}]}), bad, Some("messages[0].content")).await;
-    expect_error(&app, c, json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}), bad, Some("messages[0].content[0].type")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "temperature": 3}), bad, Some("temperature")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "temperature": "hot"}), bad, Some("temperature")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "top_p": 0}), bad, Some("top_p")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "top_k": -5}), bad, Some("top_k")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "max_tokens": 0}), bad, Some("max_tokens")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "max_completion_tokens": -1}), bad, Some("max_completion_tokens")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "n": 2}), bad, Some("n")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "stop": 5}), bad, Some("stop")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "stop": ["a", 1]}), bad, Some("stop[1]")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "seed": "x"}), bad, Some("seed")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "stream": "yes"}), bad, Some("stream")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "stream_options": {"include_usage": true}}), bad, Some("stream_options")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "enable_thinking": "no"}), bad, Some("enable_thinking")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "chat_template_kwargs": {"enable_thinking": 1}}), bad, Some("chat_template_kwargs.enable_thinking")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "logprobs": true}), bad, Some("logprobs")).await;
-    let v = expect_error(&app, c, json!({"model": "gpt-4", "messages": user("x")}), StatusCode::NOT_FOUND, Some("model")).await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": [{"content": "x"}]}),
+        bad,
+        Some("messages[0].role"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": [{"role": "robot", "content": "x"}]}),
+        bad,
+        Some("messages[0].role"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": [{"role": "user"}]}),
+        bad,
+        Some("messages[0].content"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+        bad,
+        Some("messages[0].content[0].type"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "temperature": 3}),
+        bad,
+        Some("temperature"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "temperature": "hot"}),
+        bad,
+        Some("temperature"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "top_p": 0}),
+        bad,
+        Some("top_p"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "top_k": -5}),
+        bad,
+        Some("top_k"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "max_tokens": 0}),
+        bad,
+        Some("max_tokens"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "max_completion_tokens": -1}),
+        bad,
+        Some("max_completion_tokens"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "n": 2}),
+        bad,
+        Some("n"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "stop": 5}),
+        bad,
+        Some("stop"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "stop": ["a", 1]}),
+        bad,
+        Some("stop[1]"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "seed": "x"}),
+        bad,
+        Some("seed"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "stream": "yes"}),
+        bad,
+        Some("stream"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "stream_options": {"include_usage": true}}),
+        bad,
+        Some("stream_options"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "enable_thinking": "no"}),
+        bad,
+        Some("enable_thinking"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "chat_template_kwargs": {"enable_thinking": 1}}),
+        bad,
+        Some("chat_template_kwargs.enable_thinking"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "logprobs": true}),
+        bad,
+        Some("logprobs"),
+    )
+    .await;
+    let v = expect_error(
+        &app,
+        c,
+        json!({"model": "gpt-4", "messages": user("x")}),
+        StatusCode::NOT_FOUND,
+        Some("model"),
+    )
+    .await;
     assert_eq!(v["error"]["code"], "model_not_found");
     // 256-token context: a long prompt and a too-large max_tokens.
     let long = "word ".repeat(300);
-    expect_error(&app, c, json!({"messages": user(&long)}), bad, Some("messages")).await;
-    expect_error(&app, c, json!({"messages": user("x"), "max_tokens": 250}), bad, Some("max_tokens")).await;
-    expect_error(&app, "/v1/completions", json!({"prompt": long}), bad, Some("prompt")).await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user(&long)}),
+        bad,
+        Some("messages"),
+    )
+    .await;
+    expect_error(
+        &app,
+        c,
+        json!({"messages": user("x"), "max_tokens": 250}),
+        bad,
+        Some("max_tokens"),
+    )
+    .await;
+    expect_error(
+        &app,
+        "/v1/completions",
+        json!({"prompt": long}),
+        bad,
+        Some("prompt"),
+    )
+    .await;
     expect_error(&app, "/v1/completions", json!({}), bad, Some("prompt")).await;
-    expect_error(&app, "/v1/completions", json!({"prompt": [1, 9999999]}), bad, Some("prompt[1]")).await;
-    expect_error(&app, "/v1/completions", json!({"prompt": "x", "echo": true}), bad, Some("echo")).await;
+    expect_error(
+        &app,
+        "/v1/completions",
+        json!({"prompt": [1, 9999999]}),
+        bad,
+        Some("prompt[1]"),
+    )
+    .await;
+    expect_error(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "x", "echo": true}),
+        bad,
+        Some("echo"),
+    )
+    .await;
 
     let resp = call(&app.router, Method::GET, "/v1/nope", None).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["error"]["code"], "not_found");
     let resp = call(&app.router, Method::GET, c, None).await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
 }
 
 async fn metric(app: &Built, name: &str) -> f64 {
     let resp = call(&app.router, Method::GET, "/metrics", None).await;
-    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())
@@ -459,7 +727,13 @@ async fn full_queue_is_refused_with_429() {
     // is refused.
     let app = app_with(vec![], sched(1, 1), Duration::from_millis(20));
     let body = json!({"messages": user("Hi"), "stream": true, "max_tokens": 200});
-    let a = call(&app.router, Method::POST, "/v1/chat/completions", Some(body.clone())).await;
+    let a = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(a.status(), StatusCode::OK);
     // Wait until A is running so B is the only one waiting.
     for _ in 0..100 {
@@ -468,13 +742,26 @@ async fn full_queue_is_refused_with_429() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let b = call(&app.router, Method::POST, "/v1/chat/completions", Some(body.clone())).await;
+    let b = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(b.status(), StatusCode::OK);
     assert_eq!(metric(&app, "vllm:num_requests_waiting{").await, 1.0);
-    let c = call(&app.router, Method::POST, "/v1/chat/completions", Some(body)).await;
+    let c = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(body),
+    )
+    .await;
     assert_eq!(c.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(c.headers()["retry-after"], "1");
-    let v: Value = serde_json::from_slice(&c.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&c.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["error"]["code"], "queue_full");
     drop((a, b));
 }
@@ -483,7 +770,13 @@ async fn full_queue_is_refused_with_429() {
 async fn disconnect_cancels_and_frees_the_slot_for_the_next_request() {
     let app = app_with(vec![], sched(1, 4), Duration::from_millis(10));
     let long = json!({"messages": user("Hi"), "stream": true, "max_tokens": 240});
-    let a = call(&app.router, Method::POST, "/v1/chat/completions", Some(long)).await;
+    let a = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(long),
+    )
+    .await;
     let mut body = a.into_body();
     // Read a few frames so A is certainly generating, then hang up.
     for _ in 0..3 {
@@ -501,8 +794,19 @@ async fn disconnect_cancels_and_frees_the_slot_for_the_next_request() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["usage"]["completion_tokens"], 3);
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
-    assert_eq!(metric(&app, "vllm:request_success_total{model_name=\"qwen3-test\",finished_reason=\"abort\"}").await, 1.0);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "vllm:request_success_total{model_name=\"qwen3-test\",finished_reason=\"abort\"}"
+        )
+        .await,
+        1.0
+    );
     assert_eq!(metric(&app, "vllm:num_requests_running{").await, 0.0);
     assert_eq!(metric(&app, "vllm:kv_cache_usage_perc{").await, 0.0);
 }
@@ -510,16 +814,26 @@ async fn disconnect_cancels_and_frees_the_slot_for_the_next_request() {
 #[tokio::test]
 async fn queued_stream_gets_keepalive_comments_then_its_completion() {
     let app = app_with(vec![], sched(1, 4), Duration::from_millis(20));
-    let a = call(&app.router, Method::POST, "/v1/chat/completions",
-        Some(json!({"messages": user("Hi"), "stream": true, "max_tokens": 25}))).await;
+    let a = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(json!({"messages": user("Hi"), "stream": true, "max_tokens": 25})),
+    )
+    .await;
     for _ in 0..100 {
         if metric(&app, "vllm:num_requests_running{").await == 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let b = call(&app.router, Method::POST, "/v1/chat/completions",
-        Some(json!({"messages": user("Hi"), "stream": true, "max_tokens": 2}))).await;
+    let b = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(json!({"messages": user("Hi"), "stream": true, "max_tokens": 2})),
+    )
+    .await;
     let mut body = b.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&first[..], b": keep-alive\n\n");
@@ -537,7 +851,12 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_usage() {
     for n in 1..=4u64 {
         let r = app.router.clone();
         handles.push(tokio::spawn(async move {
-            let (_, v) = post(&r, "/v1/chat/completions", json!({"messages": user("Hi"), "max_tokens": n * 5})).await;
+            let (_, v) = post(
+                &r,
+                "/v1/chat/completions",
+                json!({"messages": user("Hi"), "max_tokens": n * 5}),
+            )
+            .await;
             (n, v)
         }));
     }

@@ -52,7 +52,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn run_reference(m: &mut reference::ModelForCausalLM, tokens: &[u32], offset: usize) -> Tensor {
-    let input = Tensor::new(tokens, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     m.forward(&input, offset).unwrap().flatten_all().unwrap()
 }
 
@@ -95,9 +98,18 @@ fn check(cfg: &Qwen3Config) {
     let la = run_reference(&mut ra, &pa, 0);
     let lb = run_reference(&mut rb, &pb[..4], 0);
     // The tolerance must be small next to the logits themselves for the comparison to mean anything.
-    let spread = la.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let spread = la
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(spread > 0.05, "logits too small to compare: {spread}");
-    assert!(max_abs_diff(&la, &lb) > 1e-2, "different prompts must give different logits");
+    assert!(
+        max_abs_diff(&la, &lb) > 1e-2,
+        "different prompts must give different logits"
+    );
     assert!(max_abs_diff(&out.get(0).unwrap(), &la) < 1e-4);
     assert!(max_abs_diff(&out.get(1).unwrap(), &lb) < 1e-4);
 

@@ -48,11 +48,18 @@ fn config_json(c: &Qwen3Config) -> Value {
     })
 }
 
-fn write_snapshot(dir: &Path, weights: &HashMap<String, Tensor>, cfg: &Qwen3Config, shards: usize, dtype: DType) {
+fn write_snapshot(
+    dir: &Path,
+    weights: &HashMap<String, Tensor>,
+    cfg: &Qwen3Config,
+    shards: usize,
+    dtype: DType,
+) {
     std::fs::write(dir.join("config.json"), config_json(cfg).to_string()).unwrap();
     std::fs::write(
         dir.join("generation_config.json"),
-        json!({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "do_sample": true}).to_string(),
+        json!({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "do_sample": true})
+            .to_string(),
     )
     .unwrap();
     let tok = locate_tokenizer_dir(None).unwrap_or_else(|e| panic!("{e}"));
@@ -92,19 +99,27 @@ fn write_snapshot(dir: &Path, weights: &HashMap<String, Tensor>, cfg: &Qwen3Conf
 
 fn logits(m: &Qwen3, tokens: &[u32]) -> Vec<f32> {
     let mut c = m.new_cache();
-    m.forward(&mut [StepInput { cache: &mut c, tokens }])
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    m.forward(&mut [StepInput {
+        cache: &mut c,
+        tokens,
+    }])
+    .unwrap()
+    .flatten_all()
+    .unwrap()
+    .to_vec1()
+    .unwrap()
 }
 
 fn reference(weights: &HashMap<String, Tensor>, cfg: &Qwen3Config, dtype: DType) -> Qwen3 {
     // The same weights after the round trip through the stored dtype.
     let w = weights
         .iter()
-        .map(|(k, v)| (k.clone(), v.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap(),
+            )
+        })
         .collect();
     Qwen3::load(cfg, VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap()
 }
@@ -153,7 +168,11 @@ async fn loads_single_file_bf16_snapshot_and_serves_it() {
     let a = logits(&loaded, &prompt);
     let b = logits(&reference(&weights, &cfg, DType::BF16), &prompt);
     assert_eq!(a.len(), cfg.vocab_size);
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(diff < 1e-4, "max |diff| {diff}");
 
     let v = serve_one_chat(&dir).await;
@@ -187,7 +206,11 @@ fn broken_snapshots_fail_with_the_reason() {
     let err = Qwen3::from_snapshot(tmp.path(), &Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("config.json"), "{err:#}");
 
-    std::fs::write(tmp.path().join("config.json"), config_json(&cfg).to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        config_json(&cfg).to_string(),
+    )
+    .unwrap();
     let err = Qwen3::from_snapshot(tmp.path(), &Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("model.safetensors"), "{err:#}");
 
@@ -197,7 +220,10 @@ fn broken_snapshots_fail_with_the_reason() {
     )
     .unwrap();
     let err = Qwen3::from_snapshot(tmp.path(), &Device::Cpu).unwrap_err();
-    assert!(format!("{err:#}").contains("missing.safetensors"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("missing.safetensors"),
+        "{err:#}"
+    );
 
     let mut bad = config_json(&cfg);
     bad["hidden_act"] = json!("gelu");

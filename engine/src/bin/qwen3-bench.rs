@@ -52,13 +52,17 @@ fn memory_bandwidth() -> f64 {
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
-    (0..len as u32).map(|i| (i * 7919 + salt * 104729) % 150_000).collect()
+    (0..len as u32)
+        .map(|i| (i * 7919 + salt * 104729) % 150_000)
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = Qwen3Config::preset(&args.preset)?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "preset {} ({:.0}M parameters, f32), {} CPU threads{}",
         args.preset,
@@ -90,7 +94,10 @@ fn main() -> anyhow::Result<()> {
         let mut inputs: Vec<StepInput> = caches
             .iter_mut()
             .zip(&prompts)
-            .map(|(c, p)| StepInput { cache: c, tokens: p })
+            .map(|(c, p)| StepInput {
+                cache: c,
+                tokens: p,
+            })
             .collect();
         let logits = model.forward(&mut inputs)?.to_vec2::<f32>()?;
         let mut next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
@@ -100,7 +107,10 @@ fn main() -> anyhow::Result<()> {
             let mut inputs: Vec<StepInput> = caches
                 .iter_mut()
                 .zip(&toks)
-                .map(|(c, t)| StepInput { cache: c, tokens: t })
+                .map(|(c, t)| StepInput {
+                    cache: c,
+                    tokens: t,
+                })
                 .collect();
             let logits = model.forward(&mut inputs)?.to_vec2::<f32>()?;
             next = logits.iter().map(|l| argmax(l)).collect();
@@ -115,7 +125,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    println!("\n| prompt tokens | TTFT (prefill in {}-token chunks + first sample) | prefill tok/s |", args.chunk);
+    println!(
+        "\n| prompt tokens | TTFT (prefill in {}-token chunks + first sample) | prefill tok/s |",
+        args.chunk
+    );
     println!("|---|---|---|");
     for &len in &args.ttft_prompts {
         let p = prompt(len, 99);
