@@ -91,17 +91,24 @@ pub struct ResponseInfo {
 }
 
 #[derive(Deserialize)]
-struct ResponseView {
+struct ResponseView<'a> {
     usage: Option<UsageView>,
     error: Option<IgnoredAny>,
+    #[serde(borrow)]
+    object: Option<Cow<'a, str>>,
+}
+
+/// vLLM before 0.9 sent errors as `{"object": "error", "message": ...}`, without an `error` key.
+fn is_error_object(object: Option<&str>) -> bool {
+    object == Some("error")
 }
 
 /// Reads `usage` and `error` from a non-streaming response body.
 pub fn parse_response(body: &[u8]) -> Result<ResponseInfo, serde_json::Error> {
-    let v: ResponseView = serde_json::from_slice(body)?;
+    let v: ResponseView<'_> = serde_json::from_slice(body)?;
     Ok(ResponseInfo {
         usage: v.usage.map(Usage::from),
-        error: v.error.is_some(),
+        error: v.error.is_some() || is_error_object(v.object.as_deref()),
     })
 }
 
@@ -250,6 +257,8 @@ struct EventView<'a> {
     error: Option<IgnoredAny>,
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    object: Option<Cow<'a, str>>,
     #[serde(default)]
     delta: NonEmpty,
     response: Option<ResponseObjectView>,
@@ -287,6 +296,7 @@ pub fn parse_event(event_type: &[u8], data: &[u8]) -> Result<EventInfo, serde_js
             ),
         error: v.error.is_some()
             || matches!(kind, "error" | "response.failed")
+            || is_error_object(v.object.as_deref())
             || event_type == b"error",
         usage,
     })
@@ -488,6 +498,17 @@ mod tests {
                 .error
         );
         assert!(!ev(r#"{"error":null,"choices":[]}"#).error);
+        // vLLM < 0.9
+        assert!(
+            ev(r#"{"object":"error","message":"boom","type":"InternalServerError","code":500}"#)
+                .error
+        );
+        assert!(!ev(r#"{"object":"chat.completion.chunk","choices":[]}"#).error);
+        assert!(
+            parse_response(br#"{"object":"error","message":"x","code":400}"#)
+                .unwrap()
+                .error
+        );
     }
 
     #[test]
