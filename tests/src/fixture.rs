@@ -114,9 +114,10 @@ pub fn load_all(dir: &Path) -> Result<Vec<Fixture>> {
 
 impl Fixture {
     pub fn load(path: &Path) -> Result<Fixture> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut fixture: Fixture =
-            serde_json::from_str(&text).with_context(|| format!("parsing fixture {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut fixture: Fixture = serde_json::from_str(&text)
+            .with_context(|| format!("parsing fixture {}", path.display()))?;
         fixture.name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -141,7 +142,10 @@ impl Fixture {
         }
         for e in &self.expect {
             if e.value.is_some() == e.count.is_some() {
-                bail!("fixture {name}: expect entry {} needs exactly one of `value` and `count`", e.line());
+                bail!(
+                    "fixture {name}: expect entry {} needs exactly one of `value` and `count`",
+                    e.line()
+                );
             }
         }
         Ok(())
@@ -174,7 +178,8 @@ impl Fixture {
         match &self.response.body_file {
             Some(file) => {
                 let path = self.dir.join(file);
-                std::fs::read(&path).with_context(|| format!("fixture {}: reading {}", self.name, path.display()))
+                std::fs::read(&path)
+                    .with_context(|| format!("fixture {}: reading {}", self.name, path.display()))
             }
             None => Ok(Vec::new()),
         }
@@ -201,11 +206,24 @@ impl Fixture {
             (":authority".into(), "llm.example".into()),
             (":scheme".into(), "http".into()),
         ];
-        if !self.request.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+        if !self
+            .request
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("content-type"))
+        {
             req_headers.push(("content-type".into(), "application/json".into()));
         }
-        req_headers.extend(self.request.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let req_headers: Vec<(&str, &str)> = req_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        req_headers.extend(
+            self.request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let req_headers: Vec<(&str, &str)> = req_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         if request_body.is_empty() {
             s.request_headers_only(&req_headers);
         } else {
@@ -216,7 +234,12 @@ impl Fixture {
         gw.advance_ms(100);
         let status = self.response.status.to_string();
         let mut resp_headers: Vec<(&str, &str)> = vec![(":status", status.as_str())];
-        resp_headers.extend(self.response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        resp_headers.extend(
+            self.response
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let complete = self.end == End::Complete;
         gw.advance_ms(0);
         if response_body.is_empty() && complete {
@@ -268,7 +291,9 @@ impl Split {
                 if body.len() < 2 {
                     Vec::new()
                 } else {
-                    (0..*cuts).map(|_| rng.random_range(1..body.len())).collect()
+                    (0..*cuts)
+                        .map(|_| rng.random_range(1..body.len()))
+                        .collect()
                 }
             }
         };
@@ -279,7 +304,11 @@ impl Split {
 /// `body` cut at every point (sorted, deduplicated, out-of-range points ignored); an empty body
 /// gives one empty chunk.
 pub fn split_at_points<'a>(body: &'a [u8], points: &[usize]) -> Vec<&'a [u8]> {
-    let mut points: Vec<usize> = points.iter().copied().filter(|p| *p > 0 && *p < body.len()).collect();
+    let mut points: Vec<usize> = points
+        .iter()
+        .copied()
+        .filter(|p| *p > 0 && *p < body.len())
+        .collect();
     points.sort_unstable();
     points.dedup();
     let mut chunks = Vec::with_capacity(points.len() + 1);

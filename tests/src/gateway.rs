@@ -2,7 +2,7 @@
 //! HTTP request/response going through it. Time only moves when the test moves it.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Result;
 
@@ -15,6 +15,15 @@ pub const FLAG_DOWNSTREAM_DISCONNECT: u64 = 0x4000;
 /// Envoy's `response.flags` bit for "upstream protocol error" (UPE): the upstream closed a chunked
 /// body without its terminator.
 pub const FLAG_UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
+
+/// `envoy/envoy.yaml`'s stats config, read once per process.
+fn shipped_stats_config() -> Result<&'static StatsConfig> {
+    static CONFIG: OnceLock<std::result::Result<StatsConfig, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| StatsConfig::load_default().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
 
 /// Envoy with the filter on `vms` workers, sharing one stat store and one shared-data store.
 pub struct Gateway {
@@ -32,11 +41,15 @@ impl Gateway {
 
     /// `vms` workers, each with its own VM, configured alike.
     pub fn with_vms(vms: usize, config: &str) -> Result<Gateway> {
-        Gateway::with_stats_config(vms, config, StatsConfig::load_default()?)
+        Gateway::with_stats_config(vms, config, shipped_stats_config()?.clone())
     }
 
     /// As [`Gateway::with_vms`], with an explicit `stats_config` instead of `envoy/envoy.yaml`'s.
-    pub fn with_stats_config(vms: usize, config: &str, stats_config: StatsConfig) -> Result<Gateway> {
+    pub fn with_stats_config(
+        vms: usize,
+        config: &str,
+        stats_config: StatsConfig,
+    ) -> Result<Gateway> {
         let shared = Arc::new(Shared::default());
         let vms = (0..vms.max(1))
             .map(|i| Vm::start(shared.clone(), i, config.as_bytes()).map(Mutex::new))
@@ -130,7 +143,12 @@ impl Gateway {
         self.all_series()
             .into_iter()
             .filter(|s| s.name == name)
-            .filter_map(|s| s.labels.into_iter().find(|(k, _)| k == label).map(|(_, v)| v))
+            .filter_map(|s| {
+                s.labels
+                    .into_iter()
+                    .find(|(k, _)| k == label)
+                    .map(|(_, v)| v)
+            })
             .collect()
     }
 
@@ -250,7 +268,11 @@ impl Stream<'_> {
     /// A JSON POST to `path` with `body` as one chunk.
     pub fn post_json(&mut self, path: &str, body: &str) {
         self.request(
-            &[(":method", "POST"), (":path", path), ("content-type", "application/json")],
+            &[
+                (":method", "POST"),
+                (":path", path),
+                ("content-type", "application/json"),
+            ],
             &[body],
         );
     }
@@ -323,7 +345,9 @@ impl Stream<'_> {
     pub fn set_property(&mut self, path: &str, value: &[u8]) {
         let ctx = self.ctx;
         self.with_vm(|vm| {
-            vm.context(ctx).properties.insert(path.to_owned(), value.to_vec());
+            vm.context(ctx)
+                .properties
+                .insert(path.to_owned(), value.to_vec());
             Ok(())
         })
     }

@@ -156,7 +156,9 @@ pub struct Shared {
 
 /// Locks a mutex even if a panicking test thread poisoned it.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,19 +308,24 @@ pub fn linker_for(engine: &Engine, module: &Module) -> Result<Linker<VmState>> {
         let name = format!("{}::{}", import.module(), import.name());
         let results: Vec<ValType> = ty.results().collect();
         linker
-            .func_new(import.module(), import.name(), ty.clone(), move |caller, _params, out| {
-                lock(&caller.data().shared.unimplemented_calls).push(name.clone());
-                for (slot, ty) in out.iter_mut().zip(results.iter()) {
-                    *slot = match ty {
-                        ValType::I32 => Val::I32(Status::Unimplemented.code()),
-                        ValType::I64 => Val::I64(Status::Unimplemented.code() as i64),
-                        ValType::F32 => Val::F32(0),
-                        ValType::F64 => Val::F64(0),
-                        _ => Val::I32(0),
-                    };
-                }
-                Ok(())
-            })
+            .func_new(
+                import.module(),
+                import.name(),
+                ty.clone(),
+                move |caller, _params, out| {
+                    lock(&caller.data().shared.unimplemented_calls).push(name.clone());
+                    for (slot, ty) in out.iter_mut().zip(results.iter()) {
+                        *slot = match ty {
+                            ValType::I32 => Val::I32(Status::Unimplemented.code()),
+                            ValType::I64 => Val::I64(Status::Unimplemented.code() as i64),
+                            ValType::F32 => Val::F32(0),
+                            ValType::F64 => Val::F64(0),
+                            _ => Val::I32(0),
+                        };
+                    }
+                    Ok(())
+                },
+            )
             .map_err(|e| anyhow!("{e:?}"))?;
     }
     Ok(linker)
@@ -353,7 +360,12 @@ fn write_u32(caller: &mut Ctx<'_>, ptr: i32, value: u32) -> bool {
 }
 
 /// Allocates `data` in guest memory and stores its pointer and size at `ptr_ptr` and `size_ptr`.
-fn copy_out(caller: &mut Ctx<'_>, data: &[u8], ptr_ptr: i32, size_ptr: i32) -> wasmtime::Result<Status> {
+fn copy_out(
+    caller: &mut Ctx<'_>,
+    data: &[u8],
+    ptr_ptr: i32,
+    size_ptr: i32,
+) -> wasmtime::Result<Status> {
     let mut pointer = 0u32;
     if !data.is_empty() {
         let alloc = caller
@@ -396,50 +408,75 @@ fn describe_map(map: i32) -> String {
 // The proxy-wasm imports
 
 fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
-    linker.func_wrap("env", "proxy_log", |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| -> HostResult {
-        let Some(bytes) = read(&mut c, ptr, len) else {
-            return status(Status::InvalidMemoryAccess);
-        };
-        let line = LogLine {
-            vm: c.data().vm_index,
-            context: c.data().active,
-            level: abi::log_level_name(level),
-            message: String::from_utf8_lossy(&bytes).into_owned(),
-        };
-        if std::env::var_os("LLM_HOST_LOG").is_some() {
-            eprintln!("[vm {} ctx {} {}] {}", line.vm, line.context, line.level, line.message);
-        }
-        lock(&c.data().shared.logs).push(line);
-        status(Status::Ok)
-    })?;
-
-    linker.func_wrap("env", "proxy_get_log_level", |mut c: Ctx<'_>, ptr: i32| -> HostResult {
-        // Trace: the filter formats every message, so logging paths run in tests too.
-        if write_u32(&mut c, ptr, 0) {
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| -> HostResult {
+            let Some(bytes) = read(&mut c, ptr, len) else {
+                return status(Status::InvalidMemoryAccess);
+            };
+            let line = LogLine {
+                vm: c.data().vm_index,
+                context: c.data().active,
+                level: abi::log_level_name(level),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            };
+            if std::env::var_os("LLM_HOST_LOG").is_some() {
+                eprintln!(
+                    "[vm {} ctx {} {}] {}",
+                    line.vm, line.context, line.level, line.message
+                );
+            }
+            lock(&c.data().shared.logs).push(line);
             status(Status::Ok)
-        } else {
-            status(Status::InvalidMemoryAccess)
-        }
-    })?;
+        },
+    )?;
 
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Ctx<'_>, ptr: i32| -> HostResult {
-        let now = c.data().shared.clock.now_ns();
-        if write(&mut c, ptr, &now.to_le_bytes()) {
+    linker.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut c: Ctx<'_>, ptr: i32| -> HostResult {
+            // Trace: the filter formats every message, so logging paths run in tests too.
+            if write_u32(&mut c, ptr, 0) {
+                status(Status::Ok)
+            } else {
+                status(Status::InvalidMemoryAccess)
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Ctx<'_>, ptr: i32| -> HostResult {
+            let now = c.data().shared.clock.now_ns();
+            if write(&mut c, ptr, &now.to_le_bytes()) {
+                status(Status::Ok)
+            } else {
+                status(Status::InvalidMemoryAccess)
+            }
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Ctx<'_>, period: i32| -> HostResult {
+            c.data_mut().tick_period_ms = period as u32;
             status(Status::Ok)
-        } else {
-            status(Status::InvalidMemoryAccess)
-        }
-    })?;
-
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut c: Ctx<'_>, period: i32| -> HostResult {
-        c.data_mut().tick_period_ms = period as u32;
-        status(Status::Ok)
-    })?;
+        },
+    )?;
 
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut c: Ctx<'_>, buffer: i32, start: i32, max: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult {
+        |mut c: Ctx<'_>,
+         buffer: i32,
+         start: i32,
+         max: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> HostResult {
             let Some(buffer) = BufferType::from_abi(buffer) else {
                 return status(Status::NotFound);
             };
@@ -500,54 +537,79 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.func_wrap("env", "proxy_get_header_map_pairs", |mut c: Ctx<'_>, map: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult {
-        let Some(map) = MapType::from_abi(map) else {
-            return status(Status::BadArgument);
-        };
-        let pairs = c.data_mut().active_context().maps.get(&map).cloned().unwrap_or_default();
-        Ok(copy_out(&mut c, &abi::serialize_map(&pairs), ptr_ptr, size_ptr)?.code())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut c: Ctx<'_>, map: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult {
+            let Some(map) = MapType::from_abi(map) else {
+                return status(Status::BadArgument);
+            };
+            let pairs = c
+                .data_mut()
+                .active_context()
+                .maps
+                .get(&map)
+                .cloned()
+                .unwrap_or_default();
+            Ok(copy_out(&mut c, &abi::serialize_map(&pairs), ptr_ptr, size_ptr)?.code())
+        },
+    )?;
 
-    linker.func_wrap("env", "proxy_set_header_map_pairs", |mut c: Ctx<'_>, map: i32, ptr: i32, len: i32| -> HostResult {
-        let Some(bytes) = read(&mut c, ptr, len) else {
-            return status(Status::InvalidMemoryAccess);
-        };
-        let Some(pairs) = abi::deserialize_map(&bytes) else {
-            return status(Status::ParseFailure);
-        };
-        let what = describe_map(map);
-        let Some(map) = MapType::from_abi(map) else {
-            return status(Status::BadArgument);
-        };
-        let ctx = c.data_mut().active_context();
-        ctx.changes.push(format!("proxy_set_header_map_pairs({what}, {pairs:?})"));
-        ctx.maps.insert(map, pairs);
-        status(Status::Ok)
-    })?;
-
-    linker.func_wrap("env", "proxy_get_header_map_size", |mut c: Ctx<'_>, map: i32, size_ptr: i32| -> HostResult {
-        let Some(map) = MapType::from_abi(map) else {
-            return status(Status::BadArgument);
-        };
-        // Envoy answers the map's byteSize(): the sum of key and value lengths.
-        let size: usize = c
-            .data_mut()
-            .active_context()
-            .maps
-            .get(&map)
-            .map(|pairs| pairs.iter().map(|(k, v)| k.len() + v.len()).sum())
-            .unwrap_or(0);
-        if write_u32(&mut c, size_ptr, size as u32) {
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut c: Ctx<'_>, map: i32, ptr: i32, len: i32| -> HostResult {
+            let Some(bytes) = read(&mut c, ptr, len) else {
+                return status(Status::InvalidMemoryAccess);
+            };
+            let Some(pairs) = abi::deserialize_map(&bytes) else {
+                return status(Status::ParseFailure);
+            };
+            let what = describe_map(map);
+            let Some(map) = MapType::from_abi(map) else {
+                return status(Status::BadArgument);
+            };
+            let ctx = c.data_mut().active_context();
+            ctx.changes
+                .push(format!("proxy_set_header_map_pairs({what}, {pairs:?})"));
+            ctx.maps.insert(map, pairs);
             status(Status::Ok)
-        } else {
-            status(Status::InvalidMemoryAccess)
-        }
-    })?;
+        },
+    )?;
+
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut c: Ctx<'_>, map: i32, size_ptr: i32| -> HostResult {
+            let Some(map) = MapType::from_abi(map) else {
+                return status(Status::BadArgument);
+            };
+            // Envoy answers the map's byteSize(): the sum of key and value lengths.
+            let size: usize = c
+                .data_mut()
+                .active_context()
+                .maps
+                .get(&map)
+                .map(|pairs| pairs.iter().map(|(k, v)| k.len() + v.len()).sum())
+                .unwrap_or(0);
+            if write_u32(&mut c, size_ptr, size as u32) {
+                status(Status::Ok)
+            } else {
+                status(Status::InvalidMemoryAccess)
+            }
+        },
+    )?;
 
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32, ptr_ptr: i32, size_ptr: i32| -> HostResult {
+        |mut c: Ctx<'_>,
+         map: i32,
+         key_ptr: i32,
+         key_len: i32,
+         ptr_ptr: i32,
+         size_ptr: i32|
+         -> HostResult {
             let Some(key) = read(&mut c, key_ptr, key_len) else {
                 return status(Status::InvalidMemoryAccess);
             };
@@ -568,12 +630,24 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    for (name, verb) in [("proxy_replace_header_map_value", "replace"), ("proxy_add_header_map_value", "add")] {
+    for (name, verb) in [
+        ("proxy_replace_header_map_value", "replace"),
+        ("proxy_add_header_map_value", "add"),
+    ] {
         linker.func_wrap(
             "env",
             name,
-            move |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32| -> HostResult {
-                let (Some(key), Some(value)) = (read(&mut c, key_ptr, key_len), read(&mut c, value_ptr, value_len)) else {
+            move |mut c: Ctx<'_>,
+                  map: i32,
+                  key_ptr: i32,
+                  key_len: i32,
+                  value_ptr: i32,
+                  value_len: i32|
+                  -> HostResult {
+                let (Some(key), Some(value)) = (
+                    read(&mut c, key_ptr, key_len),
+                    read(&mut c, value_ptr, value_len),
+                ) else {
                     return status(Status::InvalidMemoryAccess);
                 };
                 let what = describe_map(map);
@@ -583,7 +657,8 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 let key = String::from_utf8_lossy(&key).to_ascii_lowercase();
                 let value = String::from_utf8_lossy(&value).into_owned();
                 let ctx = c.data_mut().active_context();
-                ctx.changes.push(format!("{name}({what}, {key:?}, {value:?})"));
+                ctx.changes
+                    .push(format!("{name}({what}, {key:?}, {value:?})"));
                 let pairs = ctx.maps.entry(map).or_default();
                 if verb == "replace" {
                     pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
@@ -594,22 +669,27 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         )?;
     }
 
-    linker.func_wrap("env", "proxy_remove_header_map_value", |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32| -> HostResult {
-        let Some(key) = read(&mut c, key_ptr, key_len) else {
-            return status(Status::InvalidMemoryAccess);
-        };
-        let what = describe_map(map);
-        let Some(map) = MapType::from_abi(map) else {
-            return status(Status::BadArgument);
-        };
-        let key = String::from_utf8_lossy(&key).into_owned();
-        let ctx = c.data_mut().active_context();
-        ctx.changes.push(format!("proxy_remove_header_map_value({what}, {key:?})"));
-        if let Some(pairs) = ctx.maps.get_mut(&map) {
-            pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
-        }
-        status(Status::Ok)
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32| -> HostResult {
+            let Some(key) = read(&mut c, key_ptr, key_len) else {
+                return status(Status::InvalidMemoryAccess);
+            };
+            let what = describe_map(map);
+            let Some(map) = MapType::from_abi(map) else {
+                return status(Status::BadArgument);
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let ctx = c.data_mut().active_context();
+            ctx.changes
+                .push(format!("proxy_remove_header_map_value({what}, {key:?})"));
+            if let Some(pairs) = ctx.maps.get_mut(&map) {
+                pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+            }
+            status(Status::Ok)
+        },
+    )?;
 
     linker.func_wrap(
         "env",
@@ -630,8 +710,16 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_property",
-        |mut c: Ctx<'_>, path_ptr: i32, path_len: i32, value_ptr: i32, value_len: i32| -> HostResult {
-            let (Some(path), Some(value)) = (read(&mut c, path_ptr, path_len), read(&mut c, value_ptr, value_len)) else {
+        |mut c: Ctx<'_>,
+         path_ptr: i32,
+         path_len: i32,
+         value_ptr: i32,
+         value_len: i32|
+         -> HostResult {
+            let (Some(path), Some(value)) = (
+                read(&mut c, path_ptr, path_len),
+                read(&mut c, value_ptr, value_len),
+            ) else {
                 return status(Status::InvalidMemoryAccess);
             };
             let path = abi::property_path(&path);
@@ -643,7 +731,13 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut c: Ctx<'_>, key_ptr: i32, key_len: i32, ptr_ptr: i32, size_ptr: i32, cas_ptr: i32| -> HostResult {
+        |mut c: Ctx<'_>,
+         key_ptr: i32,
+         key_len: i32,
+         ptr_ptr: i32,
+         size_ptr: i32,
+         cas_ptr: i32|
+         -> HostResult {
             let Some(key) = read(&mut c, key_ptr, key_len) else {
                 return status(Status::InvalidMemoryAccess);
             };
@@ -666,8 +760,17 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_shared_data",
-        |mut c: Ctx<'_>, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32, cas: i32| -> HostResult {
-            let (Some(key), Some(value)) = (read(&mut c, key_ptr, key_len), read(&mut c, value_ptr, value_len)) else {
+        |mut c: Ctx<'_>,
+         key_ptr: i32,
+         key_len: i32,
+         value_ptr: i32,
+         value_len: i32,
+         cas: i32|
+         -> HostResult {
+            let (Some(key), Some(value)) = (
+                read(&mut c, key_ptr, key_len),
+                read(&mut c, value_ptr, value_len),
+            ) else {
                 return status(Status::InvalidMemoryAccess);
             };
             let s = lock(&c.data().shared.shared_data).set(&key, &value, cas as u32);
@@ -675,20 +778,43 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.func_wrap("env", "proxy_continue_stream", |mut c: Ctx<'_>, stream: i32| -> HostResult {
-        c.data_mut().active_context().changes.push(format!("proxy_continue_stream({stream})"));
-        status(Status::Ok)
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut c: Ctx<'_>, stream: i32| -> HostResult {
+            c.data_mut()
+                .active_context()
+                .changes
+                .push(format!("proxy_continue_stream({stream})"));
+            status(Status::Ok)
+        },
+    )?;
 
-    linker.func_wrap("env", "proxy_close_stream", |mut c: Ctx<'_>, stream: i32| -> HostResult {
-        c.data_mut().active_context().changes.push(format!("proxy_close_stream({stream})"));
-        status(Status::Ok)
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut c: Ctx<'_>, stream: i32| -> HostResult {
+            c.data_mut()
+                .active_context()
+                .changes
+                .push(format!("proxy_close_stream({stream})"));
+            status(Status::Ok)
+        },
+    )?;
 
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: Ctx<'_>, code: i32, _dp: i32, _dl: i32, body_ptr: i32, body_len: i32, _hp: i32, _hl: i32, _grpc: i32| -> HostResult {
+        |mut c: Ctx<'_>,
+         code: i32,
+         _dp: i32,
+         _dl: i32,
+         body_ptr: i32,
+         body_len: i32,
+         _hp: i32,
+         _hl: i32,
+         _grpc: i32|
+         -> HostResult {
             let body = read(&mut c, body_ptr, body_len).unwrap_or_default();
             c.data_mut().active_context().changes.push(format!(
                 "proxy_send_local_response({code}, {:?})",
@@ -698,15 +824,19 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Ctx<'_>, context: i32| -> HostResult {
-        let context = context as u32;
-        if c.data().contexts.contains_key(&context) {
-            c.data_mut().active = context;
-            status(Status::Ok)
-        } else {
-            status(Status::BadArgument)
-        }
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: Ctx<'_>, context: i32| -> HostResult {
+            let context = context as u32;
+            if c.data().contexts.contains_key(&context) {
+                c.data_mut().active = context;
+                status(Status::Ok)
+            } else {
+                status(Status::BadArgument)
+            }
+        },
+    )?;
 
     linker.func_wrap("env", "proxy_done", |mut c: Ctx<'_>| -> HostResult {
         c.data_mut().active_context().done_called = true;
@@ -739,36 +869,48 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    linker.func_wrap("env", "proxy_increment_metric", |c: Ctx<'_>, id: i32, offset: i64| -> HostResult {
-        let Some((_, name)) = metric_by_id(&c, id) else {
-            return status(Status::NotFound);
-        };
-        status(lock(&c.data().shared.metrics).increment(&name, offset))
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Ctx<'_>, id: i32, offset: i64| -> HostResult {
+            let Some((_, name)) = metric_by_id(&c, id) else {
+                return status(Status::NotFound);
+            };
+            status(lock(&c.data().shared.metrics).increment(&name, offset))
+        },
+    )?;
 
-    linker.func_wrap("env", "proxy_record_metric", |c: Ctx<'_>, id: i32, value: i64| -> HostResult {
-        let Some((_, name)) = metric_by_id(&c, id) else {
-            return status(Status::NotFound);
-        };
-        status(lock(&c.data().shared.metrics).record(&name, value as u64))
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Ctx<'_>, id: i32, value: i64| -> HostResult {
+            let Some((_, name)) = metric_by_id(&c, id) else {
+                return status(Status::NotFound);
+            };
+            status(lock(&c.data().shared.metrics).record(&name, value as u64))
+        },
+    )?;
 
-    linker.func_wrap("env", "proxy_get_metric", |mut c: Ctx<'_>, id: i32, ptr: i32| -> HostResult {
-        let Some((_, name)) = metric_by_id(&c, id) else {
-            return status(Status::NotFound);
-        };
-        let value = lock(&c.data().shared.metrics).get(&name);
-        match value {
-            Err(s) => status(s),
-            Ok(v) => {
-                if write(&mut c, ptr, &v.to_le_bytes()) {
-                    status(Status::Ok)
-                } else {
-                    status(Status::InvalidMemoryAccess)
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Ctx<'_>, id: i32, ptr: i32| -> HostResult {
+            let Some((_, name)) = metric_by_id(&c, id) else {
+                return status(Status::NotFound);
+            };
+            let value = lock(&c.data().shared.metrics).get(&name);
+            match value {
+                Err(s) => status(s),
+                Ok(v) => {
+                    if write(&mut c, ptr, &v.to_le_bytes()) {
+                        status(Status::Ok)
+                    } else {
+                        status(Status::InvalidMemoryAccess)
+                    }
                 }
             }
-        }
-    })?;
+        },
+    )?;
 
     Ok(())
 }
@@ -843,7 +985,10 @@ impl Vm {
             .instantiate(&mut store)
             .map_err(|e| anyhow!("{e:?}"))
             .context("instantiating the filter")?;
-        if instance.get_func(&mut store, "proxy_abi_version_0_2_1").is_none() {
+        if instance
+            .get_func(&mut store, "proxy_abi_version_0_2_1")
+            .is_none()
+        {
             bail!("the filter does not export proxy_abi_version_0_2_1 (Envoy would refuse it)");
         }
         macro_rules! export {
@@ -870,7 +1015,9 @@ impl Vm {
             on_tick: instance.get_typed_func(&mut store, "proxy_on_tick").ok(),
         };
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-            init.call(&mut store, ()).map_err(|e| anyhow!("{e:?}")).context("_initialize")?;
+            init.call(&mut store, ())
+                .map_err(|e| anyhow!("{e:?}"))
+                .context("_initialize")?;
         }
         let mut vm = Vm {
             store,
@@ -955,9 +1102,13 @@ impl Vm {
     pub fn create_stream(&mut self) -> Result<u32> {
         let id = self.next_context;
         self.next_context += 1;
-        self.store.data_mut().contexts.insert(id, ContextState::default());
+        self.store
+            .data_mut()
+            .contexts
+            .insert(id, ContextState::default());
         self.call(id, "proxy_on_context_create", |e, s| {
-            e.on_context_create.call(s, (id as i32, ROOT_CONTEXT_ID as i32))
+            e.on_context_create
+                .call(s, (id as i32, ROOT_CONTEXT_ID as i32))
         })?;
         Ok(id)
     }
@@ -968,26 +1119,40 @@ impl Vm {
         action
     }
 
-    pub fn on_headers(&mut self, id: u32, map: MapType, headers: Vec<(String, String)>, end_of_stream: bool) -> Result<Action> {
+    pub fn on_headers(
+        &mut self,
+        id: u32,
+        map: MapType,
+        headers: Vec<(String, String)>,
+        end_of_stream: bool,
+    ) -> Result<Action> {
         let n = headers.len() as i32;
         self.context(id).maps.insert(map, headers);
         let eos = end_of_stream as i32;
         let (callback, action) = match map {
             MapType::RequestHeaders => (
                 Callback::RequestHeaders,
-                self.call(id, "proxy_on_request_headers", |e, s| e.on_request_headers.call(s, (id as i32, n, eos)))?,
+                self.call(id, "proxy_on_request_headers", |e, s| {
+                    e.on_request_headers.call(s, (id as i32, n, eos))
+                })?,
             ),
             MapType::ResponseHeaders => (
                 Callback::ResponseHeaders,
-                self.call(id, "proxy_on_response_headers", |e, s| e.on_response_headers.call(s, (id as i32, n, eos)))?,
+                self.call(id, "proxy_on_response_headers", |e, s| {
+                    e.on_response_headers.call(s, (id as i32, n, eos))
+                })?,
             ),
             MapType::RequestTrailers => (
                 Callback::RequestTrailers,
-                self.call(id, "proxy_on_request_trailers", |e, s| e.on_request_trailers.call(s, (id as i32, n)))?,
+                self.call(id, "proxy_on_request_trailers", |e, s| {
+                    e.on_request_trailers.call(s, (id as i32, n))
+                })?,
             ),
             MapType::ResponseTrailers => (
                 Callback::ResponseTrailers,
-                self.call(id, "proxy_on_response_trailers", |e, s| e.on_response_trailers.call(s, (id as i32, n)))?,
+                self.call(id, "proxy_on_response_trailers", |e, s| {
+                    e.on_response_trailers.call(s, (id as i32, n))
+                })?,
             ),
         };
         Ok(self.record(id, callback, action))
@@ -995,16 +1160,26 @@ impl Vm {
 
     /// One body chunk: the buffer the filter can read during the call is exactly this chunk
     /// (Envoy's view when the filter never pauses).
-    pub fn on_body(&mut self, id: u32, request: bool, chunk: &[u8], end_of_stream: bool) -> Result<Action> {
+    pub fn on_body(
+        &mut self,
+        id: u32,
+        request: bool,
+        chunk: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action> {
         let len = chunk.len() as i32;
         let eos = end_of_stream as i32;
         let action = if request {
             self.context(id).request_body = chunk.to_vec();
-            let a = self.call(id, "proxy_on_request_body", |e, s| e.on_request_body.call(s, (id as i32, len, eos)))?;
+            let a = self.call(id, "proxy_on_request_body", |e, s| {
+                e.on_request_body.call(s, (id as i32, len, eos))
+            })?;
             self.record(id, Callback::RequestBody, a)
         } else {
             self.context(id).response_body = chunk.to_vec();
-            let a = self.call(id, "proxy_on_response_body", |e, s| e.on_response_body.call(s, (id as i32, len, eos)))?;
+            let a = self.call(id, "proxy_on_response_body", |e, s| {
+                e.on_response_body.call(s, (id as i32, len, eos))
+            })?;
             self.record(id, Callback::ResponseBody, a)
         };
         Ok(action)
@@ -1016,7 +1191,12 @@ impl Vm {
         self.call(id, "proxy_on_log", |e, s| e.on_log.call(s, id as i32))?;
         let done = self.call(id, "proxy_on_done", |e, s| e.on_done.call(s, id as i32))?;
         self.call(id, "proxy_on_delete", |e, s| e.on_delete.call(s, id as i32))?;
-        let state = self.store.data_mut().contexts.remove(&id).unwrap_or_default();
+        let state = self
+            .store
+            .data_mut()
+            .contexts
+            .remove(&id)
+            .unwrap_or_default();
         Ok((state, done != 0))
     }
 
@@ -1070,7 +1250,10 @@ mod tests {
         assert_eq!(HostMonotonicClock::now(&clock), t0);
         clock.advance_ns(1_500_000);
         assert_eq!(clock.now_ns(), t0 + 1_500_000);
-        assert_eq!(HostWallClock::now(&clock), Duration::from_nanos(t0 + 1_500_000));
+        assert_eq!(
+            HostWallClock::now(&clock),
+            Duration::from_nanos(t0 + 1_500_000)
+        );
     }
 
     #[test]

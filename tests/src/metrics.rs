@@ -329,7 +329,11 @@ impl StatsConfig {
                     tag.get(name)
                         .and_then(Value::as_str)
                         .map(str::to_owned)
-                        .ok_or_else(|| anyhow!("`stats_config.stats_tags[{i}].{name}` is missing or not a string"))
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "`stats_config.stats_tags[{i}].{name}` is missing or not a string"
+                            )
+                        })
                 };
                 let tag_name = field("tag_name")?;
                 if tag.get("fixed_value").is_some() {
@@ -357,7 +361,10 @@ impl StatsConfig {
                     .and_then(Value::as_sequence)
                     .ok_or_else(|| anyhow!("`{at}.buckets` is missing or not a list"))?
                     .iter()
-                    .map(|b| b.as_f64().ok_or_else(|| anyhow!("`{at}.buckets` has a non-number")))
+                    .map(|b| {
+                        b.as_f64()
+                            .ok_or_else(|| anyhow!("`{at}.buckets` has a non-number"))
+                    })
                     .collect::<Result<Vec<f64>>>()?;
                 config.buckets.push((matcher, buckets));
             }
@@ -420,7 +427,11 @@ fn parse_matcher(value: &Value) -> Result<StringMatcher> {
     if let Some(s) = text("contains") {
         return Ok(StringMatcher::Contains(s));
     }
-    if let Some(re) = value.get("safe_regex").and_then(|r| r.get("regex")).and_then(Value::as_str) {
+    if let Some(re) = value
+        .get("safe_regex")
+        .and_then(|r| r.get("regex"))
+        .and_then(Value::as_str)
+    {
         return Ok(StringMatcher::Regex(Regex::new(re)?));
     }
     bail!("expected one of exact, prefix, suffix, contains, safe_regex.regex")
@@ -428,12 +439,21 @@ fn parse_matcher(value: &Value) -> Result<StringMatcher> {
 
 fn sanitize_metric_name(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 fn escape_label_value(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text exposition of the given series, one `# TYPE` per metric name, series with the
@@ -475,7 +495,11 @@ pub fn render_prometheus(series: &[Series]) -> String {
                 }
                 SeriesValue::Histogram(h) => {
                     for (le, n) in h.cumulative_buckets() {
-                        let _ = writeln!(out, "{name}_bucket{} {n}", braces(Some(format!("le=\"{le}\""))));
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{} {n}",
+                            braces(Some(format!("le=\"{le}\"")))
+                        );
                     }
                     let _ = writeln!(out, "{name}_sum{} {}", braces(None), h.sum());
                     let _ = writeln!(out, "{name}_count{} {}", braces(None), h.count());
@@ -488,9 +512,16 @@ pub fn render_prometheus(series: &[Series]) -> String {
 
 /// Adds up every series named `name` whose labels include `labels`: counters and gauges by value,
 /// histograms by merging samples. `None` if no series matches.
-pub fn merge_matching(series: &[Series], name: &str, labels: &[(&str, &str)]) -> Option<SeriesValue> {
+pub fn merge_matching(
+    series: &[Series],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<SeriesValue> {
     let mut acc: Option<SeriesValue> = None;
-    for s in series.iter().filter(|s| s.name == name && s.has_labels(labels)) {
+    for s in series
+        .iter()
+        .filter(|s| s.name == name && s.has_labels(labels))
+    {
         acc = Some(match (acc, &s.value) {
             (None, v) => v.clone(),
             (Some(SeriesValue::Counter(a)), SeriesValue::Counter(b)) => SeriesValue::Counter(a + b),
@@ -556,7 +587,8 @@ stats_config:
             "stats_config:\n  stats_tags:\n    - { tag_name: model, regex: \"(model=\\\\.=(.*?);\\\\.;)\" }\n",
         )
         .unwrap();
-        let (name, labels) = config.extract_tags("wasmcustom.model=.=m;.;kind=.=x;.;llm_filter_errors_total");
+        let (name, labels) =
+            config.extract_tags("wasmcustom.model=.=m;.;kind=.=x;.;llm_filter_errors_total");
         assert_eq!(labels, vec![("model".to_owned(), "m".to_owned())]);
         assert_eq!(name, "kind___x___llm_filter_errors_total");
     }
@@ -564,7 +596,10 @@ stats_config:
     #[test]
     fn counters_reject_non_positive_increments_and_gauges_go_both_ways() {
         let mut store = MetricStore::default();
-        assert_eq!(store.define(MetricKind::Counter, "wasmcustom.c"), Status::Ok);
+        assert_eq!(
+            store.define(MetricKind::Counter, "wasmcustom.c"),
+            Status::Ok
+        );
         assert_eq!(store.define(MetricKind::Gauge, "wasmcustom.g"), Status::Ok);
         assert_eq!(store.increment("wasmcustom.c", 0), Status::BadArgument);
         assert_eq!(store.increment("wasmcustom.c", -1), Status::BadArgument);
@@ -579,9 +614,18 @@ stats_config:
     #[test]
     fn redefining_a_name_with_another_type_is_an_anomaly() {
         let mut store = MetricStore::default();
-        assert_eq!(store.define(MetricKind::Counter, "wasmcustom.x"), Status::Ok);
-        assert_eq!(store.define(MetricKind::Counter, "wasmcustom.x"), Status::Ok);
-        assert_eq!(store.define(MetricKind::Histogram, "wasmcustom.x"), Status::BadArgument);
+        assert_eq!(
+            store.define(MetricKind::Counter, "wasmcustom.x"),
+            Status::Ok
+        );
+        assert_eq!(
+            store.define(MetricKind::Counter, "wasmcustom.x"),
+            Status::Ok
+        );
+        assert_eq!(
+            store.define(MetricKind::Histogram, "wasmcustom.x"),
+            Status::BadArgument
+        );
         assert_eq!(store.anomalies.len(), 1);
     }
 
@@ -593,7 +637,10 @@ stats_config:
         store.record(name, 150);
         store.record(name, 3);
         let text = render_prometheus(&store.series(&contract()));
-        assert!(text.contains("# TYPE llm_time_to_first_token_ms histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE llm_time_to_first_token_ms histogram"),
+            "{text}"
+        );
         assert!(text.contains(
             "llm_time_to_first_token_ms_bucket{model=\"m\",api=\"chat_completions\",le=\"2\"} 0"
         ));
@@ -606,13 +653,18 @@ stats_config:
         assert!(text.contains(
             "llm_time_to_first_token_ms_bucket{model=\"m\",api=\"chat_completions\",le=\"+Inf\"} 2"
         ));
-        assert!(text.contains("llm_time_to_first_token_ms_sum{model=\"m\",api=\"chat_completions\"} 153"));
-        assert!(text.contains("llm_time_to_first_token_ms_count{model=\"m\",api=\"chat_completions\"} 2"));
+        assert!(text
+            .contains("llm_time_to_first_token_ms_sum{model=\"m\",api=\"chat_completions\"} 153"));
+        assert!(text
+            .contains("llm_time_to_first_token_ms_count{model=\"m\",api=\"chat_completions\"} 2"));
     }
 
     #[test]
     fn histograms_without_bucket_settings_use_envoys_defaults() {
-        assert_eq!(contract().buckets_for("wasmcustom.other_ms"), ENVOY_DEFAULT_BUCKETS);
+        assert_eq!(
+            contract().buckets_for("wasmcustom.other_ms"),
+            ENVOY_DEFAULT_BUCKETS
+        );
     }
 
     #[test]
@@ -636,7 +688,16 @@ mod shipped_config_tests {
         let names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             names,
-            ["model", "api", "streaming", "status_class", "outcome", "token_type", "source", "kind"]
+            [
+                "model",
+                "api",
+                "streaming",
+                "status_class",
+                "outcome",
+                "token_type",
+                "source",
+                "kind"
+            ]
         );
     }
 }

@@ -28,12 +28,16 @@ pub fn event(data: &serde_json::Value) -> String {
 
 /// The role-only first chunk (not token-bearing).
 pub fn role_chunk() -> String {
-    event(&serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
+    event(
+        &serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+    )
 }
 
 /// A chunk with one content delta (token-bearing).
 pub fn token(text: &str) -> String {
-    event(&serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]}))
+    event(
+        &serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]}),
+    )
 }
 
 /// The finish chunk.
@@ -52,7 +56,12 @@ pub fn usage_chunk(prompt: u64, completion: u64) -> String {
 pub const DONE: &str = "data: [DONE]\n\n";
 
 /// Labels of `llm_requests_total` for a chat request.
-pub fn request_labels<'a>(model: &'a str, streaming: &'a str, status_class: &'a str, outcome: &'a str) -> Vec<(&'a str, &'a str)> {
+pub fn request_labels<'a>(
+    model: &'a str,
+    streaming: &'a str,
+    status_class: &'a str,
+    outcome: &'a str,
+) -> Vec<(&'a str, &'a str)> {
     vec![
         ("model", model),
         ("api", "chat_completions"),

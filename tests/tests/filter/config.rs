@@ -56,7 +56,10 @@ fn a_path_mapped_to_an_unknown_api_is_rejected() {
 fn the_rejection_is_logged_naming_the_field() {
     // The host keeps no gateway on failure, so check the error text carries the filter's log.
     let err = rejected(r#"{"max_models": "32"}"#);
-    assert!(err.contains("max_models"), "the log should name the bad field: {err}");
+    assert!(
+        err.contains("max_models"),
+        "the log should name the bad field: {err}"
+    );
 }
 
 #[test]
@@ -69,19 +72,29 @@ fn an_allow_list_maps_every_other_model_to_other() {
         s.response_body(&["{}"]);
         s.end();
     }
-    assert_eq!(gw.series("llm_requests_total", &[("model", "Qwen/Qwen3-1.7B")]), 1);
+    assert_eq!(
+        gw.series("llm_requests_total", &[("model", "Qwen/Qwen3-1.7B")]),
+        1
+    );
     assert_eq!(gw.series("llm_requests_total", &[("model", "other")]), 2);
 }
 
 #[test]
 fn custom_paths_map_a_suffix_to_an_api() {
-    let gw = Gateway::new(r#"{"paths": {"/generate": "completions"}}"#).unwrap_or_else(|e| panic!("{e:#}"));
+    let gw = Gateway::new(r#"{"paths": {"/generate": "completions"}}"#)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mut s = gw.stream();
     s.post_json("/api/generate", r#"{"model":"m"}"#);
     s.response_headers(JSON);
     s.response_body(&["{}"]);
     s.end();
-    assert_eq!(gw.series("llm_requests_total", &[("model", "m"), ("api", "completions")]), 1);
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &[("model", "m"), ("api", "completions")]
+        ),
+        1
+    );
 }
 
 #[test]
@@ -94,7 +107,10 @@ fn a_request_body_over_the_limit_is_counted_with_model_unknown() {
     s.response_headers(JSON);
     s.response_body(&["{}"]);
     s.end();
-    assert_eq!(gw.series("llm_filter_errors_total", &[("kind", "request_too_large")]), 1);
+    assert_eq!(
+        gw.series("llm_filter_errors_total", &[("kind", "request_too_large")]),
+        1
+    );
     assert_eq!(gw.series("llm_requests_total", &[("model", "unknown")]), 1);
 }
 
@@ -104,9 +120,27 @@ fn an_sse_event_over_the_limit_is_skipped_and_the_stream_goes_on() {
     let mut s = gw.stream();
     s.post_json(CHAT, &chat_request("m", true));
     s.response_headers(SSE);
-    s.response_body(&[token(&"x".repeat(500)), token("a"), token("b"), finish(), DONE.to_owned()]);
+    s.response_body(&[
+        token(&"x".repeat(500)),
+        token("a"),
+        token("b"),
+        finish(),
+        DONE.to_owned(),
+    ]);
     s.end();
-    assert_eq!(gw.series("llm_filter_errors_total", &[("kind", "event_too_large")]), 1);
-    assert_eq!(gw.series("llm_tokens_total", &[("token_type", "output"), ("source", "estimated")]), 2);
-    assert_eq!(gw.series("llm_requests_total", &[("outcome", "completed")]), 1);
+    assert_eq!(
+        gw.series("llm_filter_errors_total", &[("kind", "event_too_large")]),
+        1
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[("token_type", "output"), ("source", "estimated")]
+        ),
+        2
+    );
+    assert_eq!(
+        gw.series("llm_requests_total", &[("outcome", "completed")]),
+        1
+    );
 }

@@ -10,7 +10,16 @@ fn busy_gateway() -> gateway_tests::Gateway {
     let gw = gateway();
     let mut s = gw.stream();
     s.post_json(CHAT, &chat_request("Qwen/Qwen3-1.7B", true));
-    s.respond(SSE, &[(120, token("a")), (140, token("b")), (150, finish()), (151, usage_chunk(5, 2)), (152, DONE.to_owned())]);
+    s.respond(
+        SSE,
+        &[
+            (120, token("a")),
+            (140, token("b")),
+            (150, finish()),
+            (151, usage_chunk(5, 2)),
+            (152, DONE.to_owned()),
+        ],
+    );
     s.end();
     let mut s = gw.stream();
     s.post_json(CHAT, "not json");
@@ -42,17 +51,27 @@ fn every_label_the_filter_encodes_is_extracted_by_the_envoy_config() {
         "llm_active_requests",
         "llm_filter_errors_total",
     ] {
-        assert!(names.contains(expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
     }
-    let requests = series.iter().find(|s| s.name == "llm_requests_total").unwrap();
+    let requests = series
+        .iter()
+        .find(|s| s.name == "llm_requests_total")
+        .unwrap();
     let label_names: Vec<&str> = requests.labels.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(label_names, ["model", "api", "streaming", "status_class", "outcome"]);
+    assert_eq!(
+        label_names,
+        ["model", "api", "streaming", "status_class", "outcome"]
+    );
 }
 
 #[test]
 fn prometheus_text_has_the_contract_buckets_for_each_histogram() {
     let text = busy_gateway().render_prometheus();
-    let ttft = "llm_time_to_first_token_ms_bucket{model=\"Qwen/Qwen3-1.7B\",api=\"chat_completions\"";
+    let ttft =
+        "llm_time_to_first_token_ms_bucket{model=\"Qwen/Qwen3-1.7B\",api=\"chat_completions\"";
     assert!(text.contains(&format!("{ttft},le=\"100\"}} 0")), "{text}");
     assert!(text.contains(&format!("{ttft},le=\"200\"}} 1")), "{text}");
     assert!(text.contains(&format!("{ttft},le=\"60000\"}} 1")), "{text}");
@@ -61,15 +80,40 @@ fn prometheus_text_has_the_contract_buckets_for_each_histogram() {
     // TPOT: (140 - 120) ms / (2 - 1) = 20000 µs.
     assert!(text.contains("llm_time_per_output_token_us_bucket{model=\"Qwen/Qwen3-1.7B\",api=\"chat_completions\",le=\"10000\"} 0"), "{text}");
     assert!(text.contains("llm_time_per_output_token_us_bucket{model=\"Qwen/Qwen3-1.7B\",api=\"chat_completions\",le=\"25000\"} 1"), "{text}");
-    assert!(text.contains("llm_filter_errors_total{kind=\"request_parse\"} 1"), "{text}");
+    assert!(
+        text.contains("llm_filter_errors_total{kind=\"request_parse\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE llm_active_requests gauge"), "{text}");
 }
 
 #[test]
 fn the_envoy_config_sets_buckets_for_the_three_histograms() {
     let config = StatsConfig::load_default().unwrap_or_else(|e| panic!("{e:#}"));
-    let first = |name: &str| config.buckets_for(&format!("wasmcustom.model=.=m;.;{name}")).to_vec();
-    assert_eq!(first("llm_time_to_first_token_ms"), [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 30000.0, 60000.0]);
-    assert_eq!(first("llm_request_duration_ms"), [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 120000.0, 300000.0, 600000.0]);
-    assert_eq!(first("llm_time_per_output_token_us"), [100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0, 250000.0, 500000.0, 1000000.0, 2000000.0]);
+    let first = |name: &str| {
+        config
+            .buckets_for(&format!("wasmcustom.model=.=m;.;{name}"))
+            .to_vec()
+    };
+    assert_eq!(
+        first("llm_time_to_first_token_ms"),
+        [
+            1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+            20000.0, 30000.0, 60000.0
+        ]
+    );
+    assert_eq!(
+        first("llm_request_duration_ms"),
+        [
+            10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+            60000.0, 120000.0, 300000.0, 600000.0
+        ]
+    );
+    assert_eq!(
+        first("llm_time_per_output_token_us"),
+        [
+            100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0, 100000.0,
+            250000.0, 500000.0, 1000000.0, 2000000.0
+        ]
+    );
 }

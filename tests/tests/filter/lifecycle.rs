@@ -12,7 +12,13 @@ fn a_client_abort_is_counted_with_outcome_client_abort() {
     s.response_headers(SSE);
     s.response_chunk(format!("{}{}", role_chunk(), token("a")).as_bytes(), false);
     s.client_abort();
-    assert_eq!(gw.series("llm_requests_total", &request_labels("m", "true", "2xx", "client_abort")), 1);
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &request_labels("m", "true", "2xx", "client_abort")
+        ),
+        1
+    );
     assert_eq!(gw.series("llm_requests_total", &[]), 1);
     assert_eq!(gw.gauge("llm_active_requests", &[]), 0);
 }
@@ -25,7 +31,13 @@ fn an_upstream_abort_is_counted_with_outcome_upstream_abort() {
     s.response_headers(SSE);
     s.response_chunk(token("a").as_bytes(), false);
     s.upstream_abort();
-    assert_eq!(gw.series("llm_requests_total", &request_labels("m", "true", "2xx", "upstream_abort")), 1);
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &request_labels("m", "true", "2xx", "upstream_abort")
+        ),
+        1
+    );
     assert_eq!(gw.series("llm_requests_total", &[]), 1);
     assert_eq!(gw.gauge("llm_active_requests", &[]), 0);
 }
@@ -37,8 +49,18 @@ fn a_client_abort_before_any_response_has_status_class_none() {
     s.post_json(CHAT, &chat_request("m", true));
     gw.advance_ms(40);
     s.client_abort();
-    assert_eq!(gw.series("llm_requests_total", &request_labels("m", "true", "none", "client_abort")), 1);
-    assert_eq!(gw.histogram("llm_request_duration_ms", &[("model", "m")]).samples, vec![40]);
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &request_labels("m", "true", "none", "client_abort")
+        ),
+        1
+    );
+    assert_eq!(
+        gw.histogram("llm_request_duration_ms", &[("model", "m")])
+            .samples,
+        vec![40]
+    );
     assert_eq!(gw.gauge("llm_active_requests", &[]), 0);
 }
 
@@ -50,7 +72,13 @@ fn a_stream_that_ends_without_its_end_marker_is_an_upstream_abort() {
     s.response_headers(SSE);
     s.response_body(&[token("a"), token("b")]); // end_of_stream, but no [DONE] and no finish_reason
     s.end();
-    assert_eq!(gw.series("llm_requests_total", &request_labels("m", "true", "2xx", "upstream_abort")), 1);
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &request_labels("m", "true", "2xx", "upstream_abort")
+        ),
+        1
+    );
 }
 
 #[test]
@@ -60,7 +88,13 @@ fn a_gauge_counts_requests_in_flight_and_returns_to_zero() {
     a.post_json(CHAT, &chat_request("m", true));
     let mut b = gw.stream();
     b.post_json(CHAT, &chat_request("m", false));
-    assert_eq!(gw.gauge("llm_active_requests", &[("model", "m"), ("api", "chat_completions")]), 2);
+    assert_eq!(
+        gw.gauge(
+            "llm_active_requests",
+            &[("model", "m"), ("api", "chat_completions")]
+        ),
+        2
+    );
     a.response_headers(SSE);
     a.response_body(&[token("a"), finish(), DONE.to_owned()]);
     a.end();
@@ -80,8 +114,20 @@ fn interleaved_streams_keep_their_own_state() {
     a.response_headers(SSE);
     b.response_headers(SSE);
     // Each event is cut in the middle and the halves of the two streams alternate.
-    let a_events = [token("one"), token("two"), token("three"), finish(), DONE.to_owned()];
-    let b_events = [role_chunk(), token("uno"), finish(), usage_chunk(3, 9), DONE.to_owned()];
+    let a_events = [
+        token("one"),
+        token("two"),
+        token("three"),
+        finish(),
+        DONE.to_owned(),
+    ];
+    let b_events = [
+        role_chunk(),
+        token("uno"),
+        finish(),
+        usage_chunk(3, 9),
+        DONE.to_owned(),
+    ];
     for (i, (ea, eb)) in a_events.iter().zip(b_events.iter()).enumerate() {
         gw.advance_ms(100);
         let (a1, a2) = ea.split_at(ea.len() / 2);
@@ -95,12 +141,49 @@ fn interleaved_streams_keep_their_own_state() {
     a.end();
     b.end();
     // a: first token at 110 ms after its start; b: role chunk at 100, first token at 200 (t = 210).
-    assert_eq!(gw.histogram("llm_time_to_first_token_ms", &[("model", "model-a")]).samples, vec![110]);
-    assert_eq!(gw.histogram("llm_time_to_first_token_ms", &[("model", "model-b")]).samples, vec![200]);
-    assert_eq!(gw.series("llm_tokens_total", &[("model", "model-a"), ("token_type", "output"), ("source", "estimated")]), 3);
-    assert_eq!(gw.series("llm_tokens_total", &[("model", "model-b"), ("token_type", "output"), ("source", "usage")]), 9);
-    assert_eq!(gw.series("llm_tokens_total", &[("model", "model-b"), ("source", "estimated")]), 0);
-    assert_eq!(gw.series("llm_requests_total", &[("outcome", "completed")]), 2);
+    assert_eq!(
+        gw.histogram("llm_time_to_first_token_ms", &[("model", "model-a")])
+            .samples,
+        vec![110]
+    );
+    assert_eq!(
+        gw.histogram("llm_time_to_first_token_ms", &[("model", "model-b")])
+            .samples,
+        vec![200]
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[
+                ("model", "model-a"),
+                ("token_type", "output"),
+                ("source", "estimated")
+            ]
+        ),
+        3
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[
+                ("model", "model-b"),
+                ("token_type", "output"),
+                ("source", "usage")
+            ]
+        ),
+        9
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[("model", "model-b"), ("source", "estimated")]
+        ),
+        0
+    );
+    assert_eq!(
+        gw.series("llm_requests_total", &[("outcome", "completed")]),
+        2
+    );
 }
 
 #[test]
@@ -110,18 +193,46 @@ fn two_workers_share_one_stat_store() {
         let mut s = gw.stream_on(vm);
         s.post_json(CHAT, &chat_request("m", true));
         s.response_headers(SSE);
-        s.response_body(&[token("a"), token("b"), finish(), usage_chunk(4, 6), DONE.to_owned()]);
+        s.response_body(&[
+            token("a"),
+            token("b"),
+            finish(),
+            usage_chunk(4, 6),
+            DONE.to_owned(),
+        ]);
         s.end();
     }
-    assert_eq!(gw.series("llm_requests_total", &request_labels("m", "true", "2xx", "completed")), 3);
-    assert_eq!(gw.series("llm_tokens_total", &[("model", "m"), ("token_type", "output")]), 18);
-    assert_eq!(gw.histogram("llm_request_duration_ms", &[("model", "m")]).count(), 3);
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &request_labels("m", "true", "2xx", "completed")
+        ),
+        3
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[("model", "m"), ("token_type", "output")]
+        ),
+        18
+    );
+    assert_eq!(
+        gw.histogram("llm_request_duration_ms", &[("model", "m")])
+            .count(),
+        3
+    );
 }
 
 #[test]
 fn the_model_cap_is_shared_by_all_workers() {
     let gw = Gateway::with_vms(2, r#"{"max_models": 2}"#).unwrap_or_else(|e| panic!("{e:#}"));
-    for (vm, model) in [(0, "first"), (1, "second"), (0, "third"), (1, "fourth"), (1, "first")] {
+    for (vm, model) in [
+        (0, "first"),
+        (1, "second"),
+        (0, "third"),
+        (1, "fourth"),
+        (1, "first"),
+    ] {
         let mut s = gw.stream_on(vm);
         s.post_json(CHAT, &chat_request(model, false));
         s.response_headers(JSON);
@@ -129,7 +240,13 @@ fn the_model_cap_is_shared_by_all_workers() {
         s.end();
     }
     let models = gw.label_values("llm_requests_total", "model");
-    assert_eq!(models, ["first", "other", "second"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        models,
+        ["first", "other", "second"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
     assert_eq!(gw.series("llm_requests_total", &[("model", "other")]), 2);
     assert_eq!(gw.series("llm_requests_total", &[("model", "first")]), 2);
 }
@@ -145,17 +262,36 @@ fn ten_thousand_distinct_model_names_stay_under_the_cap() {
         s.end();
     }
     let models = gw.label_values("llm_requests_total", "model");
-    assert_eq!(models.len(), 33, "32 names (the default max_models) plus `other`: {models:?}");
+    assert_eq!(
+        models.len(),
+        33,
+        "32 names (the default max_models) plus `other`: {models:?}"
+    );
     assert!(models.contains("other"));
     assert_eq!(gw.series("llm_requests_total", &[]), 10_000);
-    assert_eq!(gw.series("llm_requests_total", &[("model", "other")]), 10_000 - 32);
-    assert_eq!(gw.series("llm_tokens_total", &[("token_type", "output")]), 30_000);
+    assert_eq!(
+        gw.series("llm_requests_total", &[("model", "other")]),
+        10_000 - 32
+    );
+    assert_eq!(
+        gw.series("llm_tokens_total", &[("token_type", "output")]),
+        30_000
+    );
     let all_models: std::collections::BTreeSet<String> = gw
         .all_series()
         .into_iter()
-        .filter_map(|s| s.labels.into_iter().find(|(k, _)| k == "model").map(|(_, v)| v))
+        .filter_map(|s| {
+            s.labels
+                .into_iter()
+                .find(|(k, _)| k == "model")
+                .map(|(_, v)| v)
+        })
         .collect();
-    assert!(all_models.len() <= 33, "every metric stays under the cap: {}", all_models.len());
+    assert!(
+        all_models.len() <= 33,
+        "every metric stays under the cap: {}",
+        all_models.len()
+    );
 }
 
 #[test]
@@ -192,7 +328,12 @@ fn requests_that_are_not_llm_calls_are_not_counted() {
 #[test]
 fn the_api_is_matched_by_path_suffix_with_the_query_string_stripped() {
     let gw = gateway();
-    for path in ["/openai/v1/chat/completions?api-version=2024-10-21", "/v1/completions", "/v1/embeddings", "/v1/responses"] {
+    for path in [
+        "/openai/v1/chat/completions?api-version=2024-10-21",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+    ] {
         let mut s = gw.stream();
         s.post_json(path, r#"{"model":"m"}"#);
         s.response_headers(JSON);
@@ -202,7 +343,10 @@ fn the_api_is_matched_by_path_suffix_with_the_query_string_stripped() {
     let apis = gw.label_values("llm_requests_total", "api");
     assert_eq!(
         apis,
-        ["chat_completions", "completions", "embeddings", "responses"].iter().map(|s| s.to_string()).collect()
+        ["chat_completions", "completions", "embeddings", "responses"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     );
 }
 
@@ -210,7 +354,13 @@ fn the_api_is_matched_by_path_suffix_with_the_query_string_stripped() {
 fn model_names_are_sanitised_and_truncated() {
     let gw = gateway();
     let long = "a".repeat(100);
-    for model in ["Qwen/Qwen3-1.7B", "qwen3:1.7b", "bad name\"{}", "", long.as_str()] {
+    for model in [
+        "Qwen/Qwen3-1.7B",
+        "qwen3:1.7b",
+        "bad name\"{}",
+        "",
+        long.as_str(),
+    ] {
         let mut s = gw.stream();
         s.post_json(CHAT, &chat_request(model, false));
         s.response_headers(JSON);
@@ -218,11 +368,16 @@ fn model_names_are_sanitised_and_truncated() {
         s.end();
     }
     let models = gw.label_values("llm_requests_total", "model");
-    let expected: std::collections::BTreeSet<String> =
-        ["Qwen/Qwen3-1.7B", "qwen3:1.7b", "bad_name___", "unknown", &"a".repeat(64)]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let expected: std::collections::BTreeSet<String> = [
+        "Qwen/Qwen3-1.7B",
+        "qwen3:1.7b",
+        "bad_name___",
+        "unknown",
+        &"a".repeat(64),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(models, expected);
 }
 
@@ -239,7 +394,21 @@ fn a_multi_line_data_event_with_crlf_line_ends_is_one_event() {
     s.response_headers(SSE);
     s.response_body(&[body]);
     s.end();
-    assert_eq!(gw.series("llm_filter_errors_total", &[]), 0, "{}", gw.render_prometheus());
-    assert_eq!(gw.series("llm_tokens_total", &[("token_type", "output"), ("source", "usage")]), 4);
-    assert_eq!(gw.series("llm_requests_total", &[("outcome", "completed")]), 1);
+    assert_eq!(
+        gw.series("llm_filter_errors_total", &[]),
+        0,
+        "{}",
+        gw.render_prometheus()
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[("token_type", "output"), ("source", "usage")]
+        ),
+        4
+    );
+    assert_eq!(
+        gw.series("llm_requests_total", &[("outcome", "completed")]),
+        1
+    );
 }

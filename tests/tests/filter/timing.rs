@@ -20,7 +20,11 @@ fn ttft_runs_from_the_request_headers_to_the_first_token_event() {
     ]);
     s.end();
     let ttft = gw.histogram("llm_time_to_first_token_ms", &[("model", "m"), API]);
-    assert_eq!(ttft.samples, vec![150], "TTFT counts from the request headers, not the response headers (100 ms)");
+    assert_eq!(
+        ttft.samples,
+        vec![150],
+        "TTFT counts from the request headers, not the response headers (100 ms)"
+    );
 }
 
 #[test]
@@ -37,14 +41,35 @@ fn tpot_is_the_span_between_first_and_last_token_over_the_estimated_tokens_minus
     s.response_body_at(&chunks);
     s.end();
     let labels = [("model", "m"), API];
-    assert_eq!(gw.histogram("llm_time_to_first_token_ms", &labels).samples, vec![150]);
-    // (330 - 150) ms / (10 - 1) = 20 ms = 20000 µs.
-    assert_eq!(gw.histogram("llm_time_per_output_token_us", &labels).samples, vec![20_000]);
     assert_eq!(
-        gw.histogram("llm_request_duration_ms", &[("model", "m"), API, ("streaming", "true")]).samples,
+        gw.histogram("llm_time_to_first_token_ms", &labels).samples,
+        vec![150]
+    );
+    // (330 - 150) ms / (10 - 1) = 20 ms = 20000 µs.
+    assert_eq!(
+        gw.histogram("llm_time_per_output_token_us", &labels)
+            .samples,
+        vec![20_000]
+    );
+    assert_eq!(
+        gw.histogram(
+            "llm_request_duration_ms",
+            &[("model", "m"), API, ("streaming", "true")]
+        )
+        .samples,
         vec![345]
     );
-    assert_eq!(gw.series("llm_tokens_total", &[("model", "m"), ("token_type", "output"), ("source", "estimated")]), 10);
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[
+                ("model", "m"),
+                ("token_type", "output"),
+                ("source", "estimated")
+            ]
+        ),
+        10
+    );
 }
 
 #[test]
@@ -61,9 +86,29 @@ fn tpot_uses_the_usage_output_tokens_with_integer_division_in_microseconds() {
     s.response_body_at(&chunks);
     s.end();
     // 180 ms between the first and last token events, 50 output tokens: 180000 / 49 = 3673 µs.
-    assert_eq!(gw.histogram("llm_time_per_output_token_us", &[("model", "m")]).samples, vec![3673]);
-    assert_eq!(gw.series("llm_tokens_total", &[("model", "m"), ("token_type", "output"), ("source", "usage")]), 50);
-    assert_eq!(gw.series("llm_tokens_total", &[("model", "m"), ("token_type", "input"), ("source", "usage")]), 12);
+    assert_eq!(
+        gw.histogram("llm_time_per_output_token_us", &[("model", "m")])
+            .samples,
+        vec![3673]
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[
+                ("model", "m"),
+                ("token_type", "output"),
+                ("source", "usage")
+            ]
+        ),
+        50
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[("model", "m"), ("token_type", "input"), ("source", "usage")]
+        ),
+        12
+    );
     assert_eq!(gw.series("llm_tokens_total", &[("source", "estimated")]), 0);
 }
 
@@ -72,9 +117,16 @@ fn a_single_output_token_records_no_tpot() {
     let gw = gateway();
     let mut s = gw.stream();
     s.post_json(CHAT, &chat_request("m", true));
-    s.respond(SSE, &[(80, token("yes")), (90, finish()), (91, DONE.to_owned())]);
+    s.respond(
+        SSE,
+        &[(80, token("yes")), (90, finish()), (91, DONE.to_owned())],
+    );
     s.end();
-    assert_eq!(gw.histogram("llm_time_to_first_token_ms", &[("model", "m")]).samples, vec![80]);
+    assert_eq!(
+        gw.histogram("llm_time_to_first_token_ms", &[("model", "m")])
+            .samples,
+        vec![80]
+    );
     assert_eq!(gw.histogram("llm_time_per_output_token_us", &[]).count(), 0);
 }
 
@@ -83,10 +135,25 @@ fn the_first_token_in_the_same_chunk_as_the_role_chunk_is_timed_at_that_chunk() 
     let gw = gateway();
     let mut s = gw.stream();
     s.post_json(CHAT, &chat_request("m", true));
-    s.respond(SSE, &[(5, String::new()), (230, format!("{}{}", role_chunk(), token("a"))), (260, format!("{}{}{DONE}", token("b"), finish()))]);
+    s.respond(
+        SSE,
+        &[
+            (5, String::new()),
+            (230, format!("{}{}", role_chunk(), token("a"))),
+            (260, format!("{}{}{DONE}", token("b"), finish())),
+        ],
+    );
     s.end();
-    assert_eq!(gw.histogram("llm_time_to_first_token_ms", &[("model", "m")]).samples, vec![230]);
-    assert_eq!(gw.histogram("llm_time_per_output_token_us", &[("model", "m")]).samples, vec![30_000]);
+    assert_eq!(
+        gw.histogram("llm_time_to_first_token_ms", &[("model", "m")])
+            .samples,
+        vec![230]
+    );
+    assert_eq!(
+        gw.histogram("llm_time_per_output_token_us", &[("model", "m")])
+            .samples,
+        vec![30_000]
+    );
 }
 
 #[test]
@@ -105,12 +172,30 @@ fn non_streaming_duration_runs_from_the_request_headers_to_the_end_of_the_respon
     s.response_body_at(&[(420, head), (450, tail)]);
     s.end();
     assert_eq!(
-        gw.histogram("llm_request_duration_ms", &[("model", "m"), API, ("streaming", "false")]).samples,
+        gw.histogram(
+            "llm_request_duration_ms",
+            &[("model", "m"), API, ("streaming", "false")]
+        )
+        .samples,
         vec![450]
     );
-    assert_eq!(gw.histogram("llm_time_to_first_token_ms", &[]).count(), 0, "no TTFT without streaming");
-    assert_eq!(gw.histogram("llm_time_per_output_token_us", &[]).count(), 0, "no TPOT without streaming");
-    assert_eq!(gw.series("llm_tokens_total", &[("token_type", "output"), ("source", "usage")]), 7);
+    assert_eq!(
+        gw.histogram("llm_time_to_first_token_ms", &[]).count(),
+        0,
+        "no TTFT without streaming"
+    );
+    assert_eq!(
+        gw.histogram("llm_time_per_output_token_us", &[]).count(),
+        0,
+        "no TPOT without streaming"
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[("token_type", "output"), ("source", "usage")]
+        ),
+        7
+    );
 }
 
 #[test]
@@ -124,5 +209,9 @@ fn the_duration_of_an_aborted_stream_ends_when_envoy_logs_it() {
     s.response_chunk(token("a").as_bytes(), false);
     s.at_ms(900);
     s.client_abort();
-    assert_eq!(gw.histogram("llm_request_duration_ms", &[("model", "m")]).samples, vec![900]);
+    assert_eq!(
+        gw.histogram("llm_request_duration_ms", &[("model", "m")])
+            .samples,
+        vec![900]
+    );
 }

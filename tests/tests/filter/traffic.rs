@@ -11,7 +11,9 @@ fn the_filter_never_pauses_and_never_changes_traffic_in_any_fixture() {
     let mut failures = Vec::new();
     for f in &fixtures {
         for split in [Split::Whole, Split::Random { seed: 1, cuts: 9 }] {
-            let replay = f.replay(&split).unwrap_or_else(|e| panic!("fixture {}: {e:#}", f.name));
+            let replay = f
+                .replay(&split)
+                .unwrap_or_else(|e| panic!("fixture {}: {e:#}", f.name));
             if !replay.report.untouched() {
                 failures.push(format!("{} ({split:?}): {:?}", f.name, replay.report));
             }
@@ -48,7 +50,10 @@ fn every_callback_of_a_stream_returns_continue() {
             Callback::ResponseBody,
         ]
     );
-    assert!(report.actions.iter().all(|(_, a)| *a == Action::Continue), "{report:?}");
+    assert!(
+        report.actions.iter().all(|(_, a)| *a == Action::Continue),
+        "{report:?}"
+    );
     assert!(report.changes.is_empty(), "{:?}", report.changes);
     assert!(report.done, "proxy_on_done should return true");
 }
@@ -60,11 +65,14 @@ fn an_oversized_or_broken_request_is_let_through_untouched() {
         let mut s = gw.stream();
         s.request_headers(&[(":method", "POST"), (":path", CHAT)]);
         s.request_body(&[body]);
-        s.response_headers(&[(":status", "200"), ("content-type", "application/json"), ("content-encoding", "gzip")]);
+        s.response_headers(&[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
         s.response_body(&[&b"\x1f\x8b\x08\x00garbage"[..]]);
         let report = s.end();
         assert!(report.untouched(), "{body:?}: {report:?}");
     }
     assert!(gw.anomalies().is_empty(), "{:?}", gw.anomalies());
 }
-
