@@ -1,0 +1,940 @@
+//! End-to-end: real Envoy 1.40 (`--concurrency 2`, two worker VMs) with the shipped
+//! `llm_metrics_filter.wasm`, configured from `envoy/envoy.yaml` by `envoy/render.sh`, on loopback
+//! ports the kernel picks. Envoy sits in front of either a scripted upstream in this process (exact
+//! bytes, chunking, delays, resets) or the real `qwen3-engine`; the tests read what the gateway
+//! exports on its read-only metrics listener and compare it with what the upstream did.
+//!
+//! Needs: `bash envoy/setup.sh --test`, `cargo build --release --target wasm32-wasip1 -p
+//! llm-metrics-filter` and `cargo build -p qwen3-engine --bins` (each test says which is missing).
+//! `bash tests/run.sh` does all of it. Every process a test starts is killed when the test ends, and
+//! every test is bounded in time.
+//!
+//! Timing assertions only use tolerances derived from the scripted delays: a histogram bucket the
+//! delay puts the sample in, and `_sum` within a few percent (Envoy keeps two significant digits per
+//! bin) plus scheduling slack.
+
+#[path = "e2e/support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use bytes::Bytes;
+use gateway_tests::fixture::{self, End, Fixture};
+use serde_json::{json, Value};
+use support::*;
+
+/// Runs a test body with a time limit; an error or the limit fails the test with the full message.
+async fn bounded(limit: Duration, body: impl Future<Output = Result<()>>) {
+    match tokio::time::timeout(limit, body).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e:#}"),
+        Err(_) => panic!("test did not finish within {limit:?}"),
+    }
+}
+
+/// Request headers for a fixture: its own, a JSON content type when it has a JSON body and names
+/// none, and the script selector for the scripted upstream.
+fn fixture_headers(f: &Fixture) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = f
+        .request
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if f.request.body.is_some()
+        && !f
+            .request
+            .headers
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("content-type"))
+    {
+        h.push(("content-type".into(), "application/json".into()));
+    }
+    h.push((SCRIPT_HEADER.into(), f.name.clone()));
+    h
+}
+
+/// The fixture's response as a script: its status, headers and exact body bytes, cut into uneven
+/// chunks (1 to 500 bytes) 1 ms apart, so Envoy hands the filter the body in many pieces.
+fn fixture_script(f: &Fixture) -> Result<Script> {
+    let headers = f
+        .response
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let body = f.response_body()?;
+    let mut script = Script::chunked(
+        f.response.status,
+        headers,
+        &body,
+        &[1, 7, 64, 211, 3, 500, 29],
+        Duration::from_millis(1),
+    );
+    script.end = match f.end {
+        End::Complete => ScriptEnd::Complete,
+        End::UpstreamAbort => ScriptEnd::Reset,
+        End::ClientAbort => ScriptEnd::Hang,
+    };
+    Ok(script)
+}
+
+/// Sends one fixture's request through the gateway and waits until the gateway's `llm_*` series
+/// grew from `base` (a scrape with every earlier sample merged) by exactly the fixture's `expect`.
+/// Returns the scrape that matched, the next fixture's base; on failure, the difference.
+async fn replay_fixture(envoy: &Envoy, base: &Scrape, f: &Fixture) -> Result<Scrape> {
+    let headers = fixture_headers(f);
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    match f.end {
+        End::Complete => {
+            let r = request(
+                envoy.gateway_port,
+                &f.request.method,
+                &f.request.path,
+                &header_refs,
+                f.request_body(),
+            )
+            .await?;
+            ensure!(
+                r.status == f.response.status,
+                "client got status {} instead of {}",
+                r.status,
+                f.response.status
+            );
+            ensure!(
+                r.body == f.response_body()?,
+                "client got a different body than the upstream sent"
+            );
+        }
+        End::ClientAbort => {
+            // Read until the whole scripted body has arrived, then go away.
+            let want = f.response_body()?.len();
+            let got = request_then_disconnect(
+                envoy.gateway_port,
+                &f.request.path,
+                &header_refs,
+                f.request_body(),
+                |b| b.len() >= want,
+            )
+            .await?;
+            ensure!(
+                got == f.response_body()?,
+                "client got a different body than the upstream sent"
+            );
+        }
+        End::UpstreamAbort => {
+            let r = request(
+                envoy.gateway_port,
+                &f.request.method,
+                &f.request.path,
+                &header_refs,
+                f.request_body(),
+            )
+            .await;
+            ensure!(
+                r.is_err(),
+                "the client read a complete response although the upstream reset mid-body: {r:?}"
+            );
+        }
+    }
+    let expected = f.expected_lines();
+    let matches = |s: &Scrape| {
+        let d = fixture::diff(&expected, &s.llm_lines_since(base));
+        if d.is_empty() {
+            Ok(())
+        } else {
+            Err(d)
+        }
+    };
+    let s = envoy.wait_for(Duration::from_secs(5), matches).await?;
+    if !expected.iter().any(|l| l.contains(" count=")) {
+        // Nothing to wait for proved the request was finalised (an `expect` without histograms,
+        // typically an empty one): look again once on_log has surely run and histograms merged.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = envoy.scrape_merged().await?;
+        matches(&again).map_err(|d| anyhow::anyhow!("series appeared late:\n{d}"))?;
+        return Ok(again);
+    }
+    Ok(s)
+}
+
+/// Every golden fixture that ends normally, replayed through real Envoy: the series the gateway
+/// exports grow by exactly the fixture's `expect` (counters by value, histograms by sample count).
+/// Fixtures are grouped by filter configuration, one Envoy per group (the default group shared by
+/// three Envoys to keep the run short); the fixtures of one Envoy run one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_fixtures_through_real_envoy_produce_exactly_their_expected_series() {
+    bounded(Duration::from_secs(150), async {
+        let fixtures = fixture::load_all(&fixture::fixtures_dir())?;
+        let upstream = Upstream::start().await?;
+        let mut groups: BTreeMap<String, Vec<Fixture>> = BTreeMap::new();
+        for f in fixtures.into_iter().filter(|f| f.end == End::Complete) {
+            upstream.add(&f.name, fixture_script(&f)?);
+            groups.entry(f.config_text()).or_default().push(f);
+        }
+        ensure!(
+            groups.values().map(Vec::len).sum::<usize>() >= 60,
+            "too few fixtures found"
+        );
+        let mut shards: Vec<(String, Vec<Fixture>)> = Vec::new();
+        for (config, list) in groups {
+            if config == "{}" {
+                for i in 0..3 {
+                    shards.push((
+                        config.clone(),
+                        list.iter().skip(i).step_by(3).cloned().collect(),
+                    ));
+                }
+            } else {
+                shards.push((config, list));
+            }
+        }
+        let mut tasks = Vec::new();
+        for (config, list) in shards {
+            let port = upstream.port;
+            tasks.push(tokio::spawn(async move {
+                let envoy = Envoy::start(port, &config).await?;
+                let mut failures = Vec::new();
+                let mut base = envoy.scrape_merged().await?;
+                for f in &list {
+                    match replay_fixture(&envoy, &base, f).await {
+                        Ok(next) => base = next,
+                        Err(e) => {
+                            failures.push(format!("fixture {} (config {config}): {e:#}", f.name));
+                            base = envoy.scrape_merged().await?;
+                        }
+                    }
+                }
+                Ok::<_, anyhow::Error>((list.len(), failures))
+            }));
+        }
+        let mut failures = Vec::new();
+        let mut replayed = 0;
+        for t in tasks {
+            let (n, f) = t.await??;
+            replayed += n;
+            failures.extend(f);
+        }
+        eprintln!(
+            "replayed {replayed} golden fixtures through Envoy, {} failed",
+            failures.len()
+        );
+        ensure!(
+            failures.is_empty(),
+            "{} of {replayed} fixtures differ:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        Ok(())
+    })
+    .await;
+}
+
+fn chunk_event(delta: Value, finish: Option<&str>) -> Bytes {
+    let v = json!({"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn usage_event(prompt: u64, completion: u64) -> Bytes {
+    let v = json!({"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// An OpenAI chat stream: the role chunk at once, `tokens` content chunks, the first at `first`
+/// and then every `gap`, the finish chunk, the usage chunk and `[DONE]` right after the last token.
+fn paced_stream(first: Duration, gap: Duration, tokens: u32, prompt: u64) -> Script {
+    let mut chunks = vec![(
+        Duration::ZERO,
+        chunk_event(json!({"role": "assistant", "content": ""}), None),
+    )];
+    for i in 0..tokens {
+        chunks.push((
+            first + gap * i,
+            chunk_event(json!({"content": format!("tok{i} ")}), None),
+        ));
+    }
+    let last = first + gap * (tokens - 1);
+    chunks.push((last, chunk_event(json!({}), Some("stop"))));
+    chunks.push((last, usage_event(prompt, u64::from(tokens))));
+    chunks.push((last, Bytes::from_static(b"data: [DONE]\n\n")));
+    Script {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks,
+        end: ScriptEnd::Complete,
+    }
+}
+
+fn chat_request(model: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .expect("serialisable")
+}
+
+/// First token after 300 ms, then one every 50 ms (10 tokens): TTFT lands in the (200, 500] ms
+/// bucket, the duration (≈ 750 ms) in (500, 1000], time per output token (≈ 50 ms) in
+/// (25, 100] ms, and each `_sum` is the scripted delay within bin precision and scheduling slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_delays_put_ttft_duration_and_tpot_in_the_right_buckets() {
+    bounded(Duration::from_secs(60), async {
+        let upstream = Upstream::start().await?;
+        upstream.add(
+            "paced",
+            paced_stream(Duration::from_millis(300), Duration::from_millis(50), 10, 5),
+        );
+        let envoy = Envoy::start(upstream.port, "{}").await?;
+        let r = request(
+            envoy.gateway_port,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                (SCRIPT_HEADER, "paced"),
+            ],
+            chat_request("paced-model"),
+        )
+        .await?;
+        ensure!(
+            r.status == 200 && r.text().ends_with("data: [DONE]\n\n"),
+            "bad response: {}",
+            r.text()
+        );
+        let m = [("model", "paced-model")];
+        let s = envoy
+            .wait_for(Duration::from_secs(5), |s| {
+                let n = s.sum("llm_time_per_output_token_us_count", &m);
+                if n == 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("TPOT count {n}"))
+                }
+            })
+            .await?;
+        let check = |name: &str, below: &str, at: &str, lo: f64, hi: f64| -> Result<()> {
+            ensure!(
+                s.bucket(name, &m, below) == 0.0,
+                "{name}: the sample is at or below {below}"
+            );
+            ensure!(
+                s.bucket(name, &m, at) == 1.0,
+                "{name}: the sample is above {at}"
+            );
+            let sum = s.sum(&format!("{name}_sum"), &m);
+            ensure!(
+                (lo..=hi).contains(&sum),
+                "{name}_sum = {sum}, expected {lo}..={hi}"
+            );
+            eprintln!("{name}_sum = {sum}");
+            Ok(())
+        };
+        check(
+            "llm_time_to_first_token_ms",
+            "200",
+            "500",
+            300.0 * 0.95,
+            300.0 + 150.0,
+        )?;
+        check(
+            "llm_request_duration_ms",
+            "500",
+            "1000",
+            750.0 * 0.95,
+            750.0 + 200.0,
+        )?;
+        // (last token - first token) / (10 - 1) = 450 ms / 9.
+        check(
+            "llm_time_per_output_token_us",
+            "25000",
+            "100000",
+            50_000.0 * 0.9,
+            50_000.0 * 1.25,
+        )?;
+        ensure!(
+            s.sum(
+                "llm_tokens_total",
+                &[
+                    ("model", "paced-model"),
+                    ("token_type", "output"),
+                    ("source", "usage")
+                ]
+            ) == 10.0
+        );
+        Ok(())
+    })
+    .await;
+}
+
+fn load_fixture(name: &str) -> Result<Fixture> {
+    Fixture::load(&fixture::fixtures_dir().join(format!("{name}.json")))
+}
+
+/// The client reads part of a stream and drops its connection: `outcome="client_abort"`, output
+/// estimated from the token events it saw (golden fixture `stream_client_abort`, the upstream
+/// holding the stream open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_disconnect_mid_stream_is_counted_as_client_abort() {
+    bounded(Duration::from_secs(60), async {
+        let f = load_fixture("stream_client_abort")?;
+        ensure!(f.end == End::ClientAbort);
+        ensure!(f
+            .expect
+            .iter()
+            .any(|e| e.labels.get("outcome").map(String::as_str) == Some("client_abort")));
+        let upstream = Upstream::start().await?;
+        upstream.add(&f.name, fixture_script(&f)?);
+        let envoy = Envoy::start(upstream.port, &f.config_text()).await?;
+        let base = envoy.scrape_merged().await?;
+        replay_fixture(&envoy, &base, &f)
+            .await
+            .with_context(|| format!("fixture {}", f.name))?;
+        Ok(())
+    })
+    .await;
+}
+
+/// The upstream closes the connection mid-event, without the chunked terminator:
+/// `outcome="upstream_abort"`, the partial event not counted (golden fixture `stream_upstream_reset`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_mid_stream_is_counted_as_upstream_abort() {
+    bounded(Duration::from_secs(60), async {
+        let f = load_fixture("stream_upstream_reset")?;
+        ensure!(f.end == End::UpstreamAbort);
+        let upstream = Upstream::start().await?;
+        upstream.add(&f.name, fixture_script(&f)?);
+        let envoy = Envoy::start(upstream.port, &f.config_text()).await?;
+        let base = envoy.scrape_merged().await?;
+        replay_fixture(&envoy, &base, &f).await.with_context(|| format!("fixture {}", f.name))?;
+        // The same with a scripted stream cut after three tokens.
+        let mut s = paced_stream(Duration::from_millis(20), Duration::from_millis(10), 6, 4);
+        s.chunks.truncate(4); // role chunk + 3 tokens
+        s.end = ScriptEnd::Reset;
+        upstream.add("reset", s);
+        let r = request(
+            envoy.gateway_port,
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json"), (SCRIPT_HEADER, "reset")],
+            chat_request("reset-model"),
+        )
+        .await;
+        ensure!(r.is_err(), "the client read a complete response after an upstream reset: {r:?}");
+        let m = [("model", "reset-model")];
+        envoy
+            .wait_for(Duration::from_secs(5), |s| {
+                let aborted = s.sum("llm_requests_total", &[("model", "reset-model"), ("outcome", "upstream_abort")]);
+                let all = s.sum("llm_requests_total", &m);
+                let est = s.sum("llm_tokens_total", &[("model", "reset-model"), ("token_type", "output"), ("source", "estimated")]);
+                if (aborted, all, est) == (1.0, 1.0, 3.0) {
+                    Ok(())
+                } else {
+                    Err(format!("upstream_abort {aborted}, all {all}, estimated output {est} (want 1, 1, 3)"))
+                }
+            })
+            .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// 16 streams at once through Envoy's two workers: while they wait for their first token the
+/// active-requests gauge (one per worker VM, summed by Envoy) reads 16; afterwards every request,
+/// token and histogram sample is counted once and the gauge is back to 0. Both workers took
+/// connections, so the totals are sums over the two VMs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_on_two_workers_are_all_counted() {
+    bounded(Duration::from_secs(60), async {
+        const N: usize = 16;
+        let upstream = Upstream::start().await?;
+        upstream.add(
+            "slow",
+            paced_stream(
+                Duration::from_millis(1500),
+                Duration::from_millis(10),
+                20,
+                7,
+            ),
+        );
+        let envoy = Envoy::start(upstream.port, "{}").await?;
+        let port = envoy.gateway_port;
+        let mut tasks = Vec::new();
+        for _ in 0..N {
+            tasks.push(tokio::spawn(async move {
+                request(
+                    port,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[
+                        ("content-type", "application/json"),
+                        (SCRIPT_HEADER, "slow"),
+                    ],
+                    chat_request("concurrent-model"),
+                )
+                .await
+            }));
+        }
+        let m = [("model", "concurrent-model")];
+        envoy
+            .wait_for(Duration::from_millis(1200), |s| {
+                let active = s.sum("llm_active_requests", &m);
+                if active == N as f64 {
+                    Ok(())
+                } else {
+                    Err(format!("llm_active_requests = {active}, want {N}"))
+                }
+            })
+            .await
+            .context("while all streams wait for their first token")?;
+        for t in tasks {
+            let r = t.await??;
+            ensure!(
+                r.status == 200 && r.text().ends_with("data: [DONE]\n\n"),
+                "bad stream: {}",
+                r.text()
+            );
+        }
+        let want = [
+            (
+                "llm_requests_total",
+                vec![("outcome", "completed"), ("streaming", "true")],
+                N as f64,
+            ),
+            (
+                "llm_tokens_total",
+                vec![("token_type", "input"), ("source", "usage")],
+                7.0 * N as f64,
+            ),
+            (
+                "llm_tokens_total",
+                vec![("token_type", "output"), ("source", "usage")],
+                20.0 * N as f64,
+            ),
+            ("llm_time_to_first_token_ms_count", vec![], N as f64),
+            ("llm_time_per_output_token_us_count", vec![], N as f64),
+            ("llm_request_duration_ms_count", vec![], N as f64),
+            ("llm_active_requests", vec![], 0.0),
+        ];
+        let s = envoy
+            .wait_for(Duration::from_secs(5), |s| {
+                let mut bad = String::new();
+                for (name, labels, value) in &want {
+                    let mut l = labels.clone();
+                    l.extend(m);
+                    let got = s.sum(name, &l);
+                    if got != *value {
+                        bad.push_str(&format!("{name}{labels:?} = {got}, want {value}\n"));
+                    }
+                }
+                if bad.is_empty() {
+                    Ok(())
+                } else {
+                    Err(bad)
+                }
+            })
+            .await?;
+        ensure!(
+            s.sum("llm_requests_total", &[]) == N as f64,
+            "requests counted under another model or outcome"
+        );
+        // Envoy's own per-worker listener stats: both workers accepted connections.
+        let per_worker: Vec<(String, f64)> = s
+            .matching("envoy_listener_worker_downstream_cx_total", &[])
+            .filter(|x| x.labels.values().any(|v| v.ends_with(&format!("_{port}"))))
+            .map(|x| (format!("{:?}", x.labels), x.value))
+            .collect();
+        ensure!(
+            per_worker.len() == 2,
+            "expected two workers' listener stats, got {per_worker:?}"
+        );
+        ensure!(
+            per_worker.iter().all(|(_, v)| *v >= 1.0),
+            "one worker took no connection: {per_worker:?}"
+        );
+        Ok(())
+    })
+    .await;
+}
+
+/// One usage object from a response: non-streaming `usage`, or the last non-null `usage` of a stream.
+fn usage_of(r: &HttpResponse, stream: bool) -> Result<Value> {
+    ensure!(r.status == 200, "status {}: {}", r.status, r.text());
+    if stream {
+        let events = r.sse_events()?;
+        ensure!(
+            r.text().ends_with("data: [DONE]\n\n"),
+            "stream without [DONE]"
+        );
+        events
+            .iter()
+            .rev()
+            .find_map(|e| e.get("usage").filter(|u| !u.is_null()).cloned())
+            .context("stream without usage")
+    } else {
+        r.json()?
+            .get("usage")
+            .cloned()
+            .context("response without usage")
+    }
+}
+
+#[derive(Default, Debug)]
+struct Totals {
+    prompt: u64,
+    completion: u64,
+    reasoning: u64,
+}
+
+impl Totals {
+    fn add(&mut self, usage: &Value) -> Result<()> {
+        let n = |v: &Value| v.as_u64().context("token count is not a number");
+        self.prompt += n(&usage["prompt_tokens"])?;
+        self.completion += n(&usage["completion_tokens"])?;
+        if let Some(r) = usage.pointer("/completion_tokens_details/reasoning_tokens") {
+            self.reasoning += r.as_u64().unwrap_or(0);
+        }
+        Ok(())
+    }
+}
+
+/// The gateway's `llm_tokens_total{source="usage"}` for a model and API equals `t`, with no series
+/// where `t` is 0 (the filter never reports a zero).
+fn tokens_match(s: &Scrape, model: &str, api: &str, t: &Totals) -> std::result::Result<(), String> {
+    let mut bad = String::new();
+    for (ty, want) in [
+        ("input", t.prompt),
+        ("output", t.completion),
+        ("reasoning", t.reasoning),
+    ] {
+        let l = [
+            ("model", model),
+            ("api", api),
+            ("token_type", ty),
+            ("source", "usage"),
+        ];
+        let got = s.sum("llm_tokens_total", &l);
+        if got != want as f64 || (want == 0 && s.has("llm_tokens_total", &l)) {
+            bad.push_str(&format!(
+                "llm_tokens_total{{api={api},token_type={ty}}} = {got}, client saw {want}\n"
+            ));
+        }
+    }
+    if s.has(
+        "llm_tokens_total",
+        &[("model", model), ("source", "estimated")],
+    ) {
+        bad.push_str("estimated tokens although every response had usage\n");
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad)
+    }
+}
+
+/// The real engine behind Envoy: chat requests streaming and not, thinking on (the
+/// `chat_template_kwargs` form) and off (the top-level form), and a streaming legacy completion.
+/// The gateway's token counters equal the `usage` the client received, summed, and the engine's
+/// own `vllm:prompt_tokens_total` / `vllm:generation_tokens_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_usage_equals_gateway_token_counters_and_engine_metrics() {
+    bounded(Duration::from_secs(120), async {
+        let engine = Engine::start().await?;
+        let envoy = Envoy::start(engine.port, "{}").await?;
+        let model = engine.model.clone();
+        let mut chat = Totals::default();
+        let mut prompt_by_thinking = BTreeMap::new();
+        for stream in [false, true] {
+            for thinking in [true, false] {
+                let mut body = json!({"model": model, "max_tokens": 12, "temperature": 0, "stream": stream,
+                    "messages": [{"role": "user", "content": "What does a gateway measure?"}]});
+                if thinking {
+                    body["chat_template_kwargs"] = json!({"enable_thinking": true});
+                } else {
+                    body["enable_thinking"] = json!(false);
+                }
+                if stream {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                let r = post_json(envoy.gateway_port, "/v1/chat/completions", &body).await?;
+                let usage = usage_of(&r, stream).with_context(|| format!("chat stream={stream} thinking={thinking}"))?;
+                chat.add(&usage)?;
+                prompt_by_thinking.insert(thinking, usage["prompt_tokens"].as_u64().unwrap_or(0));
+            }
+        }
+        // Thinking off renders an empty <think></think> block into the prompt: the flag got through.
+        ensure!(
+            prompt_by_thinking[&false] > prompt_by_thinking[&true],
+            "thinking off should add the empty think block to the prompt: {prompt_by_thinking:?}"
+        );
+        let mut legacy = Totals::default();
+        let body = json!({"model": model, "prompt": "The gateway counts", "max_tokens": 8, "temperature": 0,
+            "stream": true, "stream_options": {"include_usage": true}});
+        legacy.add(&usage_of(&post_json(envoy.gateway_port, "/v1/completions", &body).await?, true)?)?;
+
+        envoy
+            .wait_for(Duration::from_secs(5), |s| {
+                tokens_match(s, &model, "chat_completions", &chat)?;
+                tokens_match(s, &model, "completions", &legacy)?;
+                let done = s.sum("llm_requests_total", &[("model", &model), ("outcome", "completed"), ("status_class", "2xx")]);
+                let all = s.sum("llm_requests_total", &[]);
+                if (done, all) != (5.0, 5.0) {
+                    return Err(format!("llm_requests_total completed {done}, all {all}; want 5"));
+                }
+                Ok(())
+            })
+            .await?;
+        let em = engine.metrics().await?;
+        let l = [("model_name", model.as_str())];
+        let (prompt, generated) = (em.sum("vllm:prompt_tokens_total", &l), em.sum("vllm:generation_tokens_total", &l));
+        ensure!(
+            prompt == (chat.prompt + legacy.prompt) as f64 && generated == (chat.completion + legacy.completion) as f64,
+            "engine /metrics prompt {prompt} generation {generated}; clients saw {chat:?} + {legacy:?}"
+        );
+        eprintln!("tokens: chat {chat:?}, completions {legacy:?}; engine prompt {prompt}, generation {generated}");
+        Ok(())
+    })
+    .await;
+}
+
+/// The official `openai` Python client (in `.venv`, from `envoy/setup.sh --test`) talks to the
+/// engine through the gateway, streaming with include_usage and not; `tests/e2e/openai_client.py`
+/// asserts what the client parsed and prints its usage totals, which the gateway's counters equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_works_through_the_gateway_and_its_usage_is_counted() {
+    bounded(Duration::from_secs(120), async {
+        let python = venv_python()?;
+        let engine = Engine::start().await?;
+        let envoy = Envoy::start(engine.port, "{}").await?;
+        let script = repo_root().join("tests/e2e/openai_client.py");
+        let base_url = format!("http://127.0.0.1:{}/v1", envoy.gateway_port);
+        let model = engine.model.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(python)
+                .arg(script)
+                .args(["--base-url", &base_url, "--model", &model])
+                .output()
+        })
+        .await??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "openai_client.py failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .with_context(|| format!("openai_client.py printed no JSON summary: {stdout}"))?;
+        let n = |k: &str| {
+            summary[k]
+                .as_u64()
+                .with_context(|| format!("summary without {k}: {summary}"))
+        };
+        let totals = Totals {
+            prompt: n("prompt_tokens")?,
+            completion: n("completion_tokens")?,
+            reasoning: n("reasoning_tokens")?,
+        };
+        let (streamed, plain) = (n("streaming_requests")?, n("non_streaming_requests")?);
+        ensure!(
+            streamed >= 1 && plain >= 1,
+            "the script must send both kinds: {summary}"
+        );
+        let model = engine.model.clone();
+        envoy
+            .wait_for(Duration::from_secs(5), |s| {
+                tokens_match(s, &model, "chat_completions", &totals)?;
+                for (streaming, want) in [("true", streamed), ("false", plain)] {
+                    let got = s.sum(
+                        "llm_requests_total",
+                        &[
+                            ("model", &model),
+                            ("streaming", streaming),
+                            ("outcome", "completed"),
+                        ],
+                    );
+                    if got != want as f64 {
+                        return Err(format!(
+                            "llm_requests_total{{streaming={streaming}}} = {got}, want {want}"
+                        ));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// Every PromQL query of the Grafana dashboard (`envoy/grafana/queries.py`), run against a real
+/// Prometheus that scraped a real gateway and engine under traffic, returns at least one series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_series_from_a_real_prometheus() {
+    bounded(Duration::from_secs(120), async {
+        let engine = Engine::start().await?;
+        let envoy = Envoy::start(engine.port, "{}").await?;
+        let prom = Prometheus::start(envoy.metrics_port, engine.port).await?;
+        let model = engine.model.clone();
+        let traffic = |wave: u32| {
+            let model = model.clone();
+            let port = envoy.gateway_port;
+            async move {
+                for i in 0..4 {
+                    let stream = i % 2 == 0;
+                    let mut body = json!({"model": model, "max_tokens": 8, "stream": stream,
+                        "messages": [{"role": "user", "content": format!("wave {wave} request {i}")}]});
+                    if stream {
+                        body["stream_options"] = json!({"include_usage": true});
+                    }
+                    let r = post_json(port, "/v1/chat/completions", &body).await?;
+                    ensure!(r.status == 200, "status {}: {}", r.status, r.text());
+                }
+                // An unknown model: the engine's 404 is an error outcome at the gateway.
+                let r = post_json(port, "/v1/chat/completions", &json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})).await?;
+                ensure!(r.status == 404, "unknown model: status {}", r.status);
+                Ok::<_, anyhow::Error>(())
+            }
+        };
+        // Both targets up, then traffic in two waves: the second one lands on series Prometheus
+        // already knows, so rates and quantiles have increases to work with.
+        wait_prom(&prom, "count(up == 1) == 2", Duration::from_secs(20)).await.context("targets up")?;
+        traffic(1).await?;
+        wait_prom(&prom, "sum(llm_requests_total) >= 5", Duration::from_secs(20)).await.context("first wave scraped")?;
+        traffic(2).await?;
+        wait_prom(&prom, "sum(llm_requests_total) >= 10", Duration::from_secs(20)).await.context("second wave scraped")?;
+        // The histograms of the second wave reach Prometheus a scrape later (merge on scrape).
+        wait_prom(&prom, "sum(llm_request_duration_ms_count) >= 10", Duration::from_secs(20))
+            .await
+            .context("second wave histograms scraped")?;
+
+        let out = std::process::Command::new("python3")
+            .arg(repo_root().join("envoy/grafana/queries.py"))
+            .args(["--rate-interval", "30s"])
+            .output()?;
+        ensure!(out.status.success(), "queries.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        let queries: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+        ensure!(queries.len() >= 10, "queries.py listed only {} queries", queries.len());
+        let mut failures = Vec::new();
+        for q in &queries {
+            let (panel, ref_id, expr) = (q["panel"].as_str().unwrap_or("?"), q["ref_id"].as_str().unwrap_or("?"), q["expr"].as_str().unwrap_or(""));
+            match prom.query(expr).await {
+                Ok(data) if data["result"].as_array().is_some_and(|r| !r.is_empty()) => {}
+                Ok(_) => failures.push(format!("panel {panel:?} {ref_id}: no series for {expr}")),
+                Err(e) => failures.push(format!("panel {panel:?} {ref_id}: error {e:#} for {expr}")),
+            }
+        }
+        eprintln!("{} dashboard queries, {} failed", queries.len(), failures.len());
+        ensure!(failures.is_empty(), "dashboard queries failed:\n{}", failures.join("\n"));
+        Ok(())
+    })
+    .await;
+}
+
+/// Polls an instant query until it returns a non-empty result.
+async fn wait_prom(prom: &Prometheus, expr: &str, limit: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let data = prom.query(expr).await?;
+        if data["result"].as_array().is_some_and(|r| !r.is_empty()) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "`{expr}` still empty after {limit:?}\n{}",
+                prom.proc.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The module loads in Envoy with `{}` and with every configuration field set, and one request then
+/// appears on the metrics listener under the contract's names, types and exact label sets; with
+/// the `models` allowlist an unlisted model becomes `other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_loads_with_default_and_full_config_and_exports_the_contract_names() {
+    bounded(Duration::from_secs(60), async {
+        let upstream = Upstream::start().await?;
+        let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "smoke-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}});
+        upstream.add(
+            "json",
+            Script::chunked(200, vec![("content-type".into(), "application/json".into())], body.to_string().as_bytes(), &[4096], Duration::ZERO),
+        );
+        let full = json!({"models": ["smoke-model"], "max_models": 8, "max_request_body_bytes": 65536,
+            "max_response_body_bytes": 65536, "max_event_bytes": 16384,
+            "paths": {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
+                      "/v1/embeddings": "embeddings", "/v1/responses": "responses"}});
+        for config in ["{}".to_owned(), full.to_string()] {
+            let envoy = Envoy::start(upstream.port, &config).await.with_context(|| format!("config {config}"))?;
+            let models: &[&str] = if config == "{}" { &["smoke-model"] } else { &["smoke-model", "unlisted-model"] };
+            for model in models {
+                let req = serde_json::to_vec(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))?;
+                let r = request(
+                    envoy.gateway_port,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("content-type", "application/json"), (SCRIPT_HEADER, "json")],
+                    req,
+                )
+                .await?;
+                ensure!(r.status == 200, "status {}", r.status);
+            }
+            let s = envoy
+                .wait_for(Duration::from_secs(5), |s| {
+                    let n = s.sum("llm_request_duration_ms_count", &[]);
+                    if n == models.len() as f64 { Ok(()) } else { Err(format!("duration count {n}")) }
+                })
+                .await?;
+            let exact = |name: &str, labels: &[(&str, &str)], value: f64| -> Result<()> {
+                let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                let found = s.samples.iter().find(|x| x.name == name && x.labels == want);
+                match found {
+                    Some(x) if x.value == value => Ok(()),
+                    Some(x) => bail!("config {config}: {name}{want:?} = {}, want {value}", x.value),
+                    None => {
+                        let have: Vec<_> = s.samples.iter().filter(|x| x.name == name).map(|x| &x.labels).collect();
+                        bail!("config {config}: no {name} with labels exactly {want:?}; present: {have:?}")
+                    }
+                }
+            };
+            let common = [("model", "smoke-model"), ("api", "chat_completions")];
+            exact(
+                "llm_requests_total",
+                &[common[0], common[1], ("streaming", "false"), ("status_class", "2xx"), ("outcome", "completed")],
+                1.0,
+            )?;
+            exact("llm_tokens_total", &[common[0], common[1], ("token_type", "input"), ("source", "usage")], 9.0)?;
+            exact("llm_tokens_total", &[common[0], common[1], ("token_type", "output"), ("source", "usage")], 2.0)?;
+            exact("llm_request_duration_ms_count", &[common[0], common[1], ("streaming", "false")], 1.0)?;
+            exact("llm_active_requests", &common, 0.0)?;
+            if models.len() == 2 {
+                exact(
+                    "llm_requests_total",
+                    &[("model", "other"), common[1], ("streaming", "false"), ("status_class", "2xx"), ("outcome", "completed")],
+                    1.0,
+                )?;
+            }
+            for (family, kind) in [
+                ("llm_requests_total", "counter"),
+                ("llm_tokens_total", "counter"),
+                ("llm_request_duration_ms", "histogram"),
+                ("llm_active_requests", "gauge"),
+            ] {
+                ensure!(s.types.get(family).map(String::as_str) == Some(kind), "config {config}: {family} is not a {kind}");
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
