@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::gateway::{Gateway, StreamReport};
-use crate::metrics::{series_key, Series, SeriesValue};
+use crate::metrics::{self, series_key, Series, SeriesValue};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,8 +194,20 @@ impl Fixture {
     /// Time: request headers at t=0, response headers at 100 ms, every body chunk and the end at
     /// 150 ms, so the series cannot depend on how the body was cut.
     pub fn replay(&self, split: &Split) -> Result<Replay> {
-        let gw = Gateway::new(&self.config_text())
-            .with_context(|| format!("fixture {}: starting the gateway", self.name))?;
+        let gw = self.gateway()?;
+        self.replay_on(&gw, split)
+    }
+
+    /// A one-worker gateway with this fixture's configuration.
+    pub fn gateway(&self) -> Result<Gateway> {
+        Gateway::new(&self.config_text())
+            .with_context(|| format!("fixture {}: starting the gateway", self.name))
+    }
+
+    /// As [`Fixture::replay`] on an existing gateway (which saves starting a VM per replay); the
+    /// series returned are what this replay added (see [`metrics::delta`]).
+    pub fn replay_on(&self, gw: &Gateway, split: &Split) -> Result<Replay> {
+        let before = gw.all_series();
         let request_body = self.request_body();
         let response_body = self.response_body()?;
         let mut s = gw.stream();
@@ -260,7 +272,7 @@ impl Fixture {
             End::UpstreamAbort => s.upstream_abort(),
         };
         Ok(Replay {
-            series: gw.all_series(),
+            series: metrics::delta(&before, &gw.all_series()),
             report,
             anomalies: gw.anomalies(),
         })
@@ -339,22 +351,25 @@ impl Replay {
             .filter_map(|s| match &s.value {
                 SeriesValue::Counter(0) => None,
                 SeriesValue::Counter(v) => Some(format!("{} value={v}", s.key())),
+                SeriesValue::Histogram(h) if h.count() == 0 => None,
                 SeriesValue::Histogram(h) => Some(format!("{} count={}", s.key(), h.count())),
                 SeriesValue::Gauge(_) => None,
             })
             .collect()
     }
 
-    /// Every `llm_*` series with its full value (histogram samples included), for comparing two
-    /// replays of the same exchange.
+    /// Every non-zero `llm_*` series with its full value (histogram samples included), for
+    /// comparing two replays of the same exchange.
     pub fn full_lines(&self) -> BTreeSet<String> {
         self.series
             .iter()
             .filter(|s| s.name.starts_with("llm_"))
-            .map(|s| match &s.value {
-                SeriesValue::Counter(v) => format!("{} counter {v}", s.key()),
-                SeriesValue::Gauge(v) => format!("{} gauge {v}", s.key()),
-                SeriesValue::Histogram(h) => format!("{} histogram {:?}", s.key(), h.samples),
+            .filter_map(|s| match &s.value {
+                SeriesValue::Counter(0) | SeriesValue::Gauge(0) => None,
+                SeriesValue::Histogram(h) if h.count() == 0 => None,
+                SeriesValue::Counter(v) => Some(format!("{} counter {v}", s.key())),
+                SeriesValue::Gauge(v) => Some(format!("{} gauge {v}", s.key())),
+                SeriesValue::Histogram(h) => Some(format!("{} histogram {:?}", s.key(), h.samples)),
             })
             .collect()
     }

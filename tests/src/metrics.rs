@@ -7,9 +7,10 @@
 //! regexes read from the shipped `envoy/envoy.yaml`, so a disagreement between the config and the
 //! filter's tag encoding shows up as a wrong series in a test, not in production.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use regex::Regex;
@@ -293,7 +294,12 @@ impl StringMatcher {
 pub struct StatsConfig {
     pub tags: Vec<TagExtractor>,
     pub buckets: Vec<(StringMatcher, Vec<f64>)>,
+    /// Extraction results by stat name: tag extraction is a pure function of the name, and
+    /// replays ask for the same few names thousands of times.
+    cache: Arc<Mutex<HashMap<String, ExtractedName>>>,
 }
+
+type ExtractedName = (String, Vec<(String, String)>);
 
 impl StatsConfig {
     /// `envoy/envoy.yaml` of this repository.
@@ -377,6 +383,16 @@ impl StatsConfig {
     /// second). Then the `wasmcustom.` prefix is dropped and the rest sanitised as Envoy's
     /// Prometheus exporter does.
     pub fn extract_tags(&self, full_name: &str) -> (String, Vec<(String, String)>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(full_name) {
+            return hit.clone();
+        }
+        let extracted = self.extract_tags_uncached(full_name);
+        cache.insert(full_name.to_owned(), extracted.clone());
+        extracted
+    }
+
+    fn extract_tags_uncached(&self, full_name: &str) -> ExtractedName {
         let mut labels = Vec::new();
         let mut remove: Vec<(usize, usize)> = Vec::new();
         for extractor in &self.tags {
@@ -508,6 +524,38 @@ pub fn render_prometheus(series: &[Series]) -> String {
         }
     }
     out
+}
+
+/// What happened between two snapshots of one store: counter and gauge differences, and the
+/// histogram samples recorded since `before`.
+pub fn delta(before: &[Series], after: &[Series]) -> Vec<Series> {
+    after
+        .iter()
+        .map(|s| {
+            let old = before
+                .iter()
+                .find(|b| b.stat_name == s.stat_name)
+                .map(|b| &b.value);
+            let value = match (&s.value, old) {
+                (SeriesValue::Counter(a), Some(SeriesValue::Counter(b))) => {
+                    SeriesValue::Counter(a - b)
+                }
+                (SeriesValue::Gauge(a), Some(SeriesValue::Gauge(b))) => SeriesValue::Gauge(a - b),
+                (SeriesValue::Histogram(a), Some(SeriesValue::Histogram(b))) => {
+                    SeriesValue::Histogram(Histogram {
+                        samples: a
+                            .samples
+                            .get(b.samples.len()..)
+                            .unwrap_or_default()
+                            .to_vec(),
+                        bounds: a.bounds.clone(),
+                    })
+                }
+                (value, _) => value.clone(),
+            };
+            Series { value, ..s.clone() }
+        })
+        .collect()
 }
 
 /// Adds up every series named `name` whose labels include `labels`: counters and gauges by value,

@@ -96,9 +96,14 @@ fn every_sse_edge_case_fixture_gives_identical_series_when_cut_once_at_any_offse
                     let whole = &whole;
                     let len = body.len();
                     scope.spawn(move || {
+                        // One gateway per worker: each replay's series are what it added.
+                        let gw = match f.gateway() {
+                            Ok(gw) => gw,
+                            Err(e) => return vec![format!("{e:#}")],
+                        };
                         (1..len)
                             .filter(|at| at % workers == w)
-                            .filter_map(|at| match f.replay(&Split::At(vec![at])) {
+                            .filter_map(|at| match f.replay_on(&gw, &Split::At(vec![at])) {
                                 Err(e) => Some(format!("cut at byte {at}: {e:#}")),
                                 Ok(r) => {
                                     let d = diff(whole, &r.full_lines());
