@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod matvec;
 pub mod metrics;
 pub mod model;
 pub mod sampling;

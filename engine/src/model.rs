@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::attention::{flash_attn, AttnMask};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
@@ -142,20 +142,53 @@ impl Qwen3Config {
     }
 }
 
+/// A linear layer that picks the matmul by the number of rows (tokens in the step), because
+/// candle's CPU matmul is fast for one row but for a few rows packs the whole weight on every call
+/// (at Qwen3-0.6B shapes, 2 rows of 1024→3072 took 12× one row; see `examples`-free measurements in
+/// BENCHMARKS.md). Batched decoding only pays if a step reads each weight about once:
+/// - 1 row: candle's vector path;
+/// - 2–4 rows: [`crate::matvec::matmul_wt`], one pass over the weight for all rows;
+/// - 5–64 rows: `(W · xᵀ)ᵀ`, which keeps the weight in its stored layout and stays nearly flat;
+/// - longer prompt chunks: the ordinary `x · Wᵀ`, compute-bound like any GEMM.
+struct Lin {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Lin {
+    fn new(w: Tensor, b: Option<Tensor>) -> Self {
+        Self { w, b }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let m = x.dim(0)?;
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+        let y = match m {
+            2..=4 if cpu_f32 => crate::matvec::matmul_wt(x, &self.w)?,
+            2..=64 => self.w.matmul(&x.t()?)?.t()?.contiguous()?,
+            _ => x.matmul(&self.w.t()?)?,
+        };
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Lin,
+    k_proj: Lin,
+    v_proj: Lin,
+    o_proj: Lin,
     q_norm: Tensor,
     k_norm: Tensor,
 }
 
 struct Layer {
     attn: Attention,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Lin,
+    up_proj: Lin,
+    down_proj: Lin,
     input_layernorm: Tensor,
     post_attention_layernorm: Tensor,
 }
@@ -166,7 +199,7 @@ pub struct Qwen3 {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Linear,
+    lm_head: Lin,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -220,17 +253,17 @@ impl Qwen3 {
         let hd = cfg.head_dim();
         let nh = cfg.num_attention_heads;
         let nkv = cfg.num_key_value_heads;
-        let linear = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Linear> {
+        let linear = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Lin> {
             let w = vb.get((o, i), "weight")?;
             let b = if cfg.attention_bias {
                 Some(vb.get(o, "bias")?)
             } else {
                 None
             };
-            Ok(Linear::new(w, b))
+            Ok(Lin::new(w, b))
         };
-        let plain = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Linear> {
-            Ok(Linear::new(vb.get((o, i), "weight")?, None))
+        let plain = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Lin> {
+            Ok(Lin::new(vb.get((o, i), "weight")?, None))
         };
         let embed_w = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;
         let embed = Embedding::new(embed_w.clone(), h);
@@ -257,7 +290,7 @@ impl Qwen3 {
         }
         let norm = vb.get(h, "model.norm.weight")?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_w, None)
+            Lin::new(embed_w, None)
         } else {
             plain(vb.pp("lm_head"), h, cfg.vocab_size)?
         };
@@ -315,6 +348,13 @@ impl Qwen3 {
     /// Runs one step over several sequences, each at its own position, and returns the logits of
     /// each sequence's last new token, shape `(batch.len(), vocab)`. Each cache grows by its input.
     pub fn forward(&self, batch: &mut [StepInput<'_>]) -> anyhow::Result<Tensor> {
+        // On the CPU this runs the step inside candle's own rayon pool, so candle's GEMMs, the
+        // attention kernel and our batched mat-vec share one set of warm threads instead of
+        // oversubscribing the cores with a second pool.
+        self.device.with_context(|| self.forward_inner(batch))
+    }
+
+    fn forward_inner(&self, batch: &mut [StepInput<'_>]) -> anyhow::Result<Tensor> {
         if batch.is_empty() {
             bail!("forward: empty batch");
         }

@@ -483,16 +483,23 @@ impl<B: Backend> Scheduler<B> {
         tracing::error!("forward pass failed: {e:#}");
         let mut idx: Vec<usize> = plan.iter().map(|p| p.0).collect();
         idx.sort_unstable_by(|a, b| b.cmp(a));
-        for i in idx {
-            let r = self.running.swap_remove(i);
-            self.reserved -= r.reserve;
+        let failed: Vec<_> = idx
+            .into_iter()
+            .map(|i| {
+                let r = self.running.swap_remove(i);
+                self.reserved -= r.reserve;
+                r
+            })
+            .collect();
+        // Metrics before the clients hear about it, as for normal completions.
+        self.update_gauges();
+        for r in failed {
+            self.shared.metrics.request_finished("error");
             let _ = r
                 .req
                 .events
                 .send(Event::Error(format!("generation failed: {e}")));
-            self.shared.metrics.request_finished("error");
         }
-        self.update_gauges();
     }
 }
 

@@ -17,6 +17,10 @@ pub struct ScriptedBackend {
     pub step_delay: Duration,
     /// Steps run so far (shared so tests can watch progress).
     pub steps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Fail every forward step from this one on (to test mid-stream failures).
+    pub fail_from_step: Option<usize>,
+    /// Largest number of sequences seen in one step.
+    pub max_batch: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ScriptedBackend {
@@ -27,6 +31,8 @@ impl ScriptedBackend {
             vocab_size,
             step_delay: Duration::ZERO,
             steps: Default::default(),
+            fail_from_step: None,
+            max_batch: Default::default(),
         }
     }
 }
@@ -53,7 +59,12 @@ impl Backend for ScriptedBackend {
         if !self.step_delay.is_zero() {
             std::thread::sleep(self.step_delay);
         }
-        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let step = self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.max_batch
+            .fetch_max(batch.len(), std::sync::atomic::Ordering::SeqCst);
+        if self.fail_from_step.is_some_and(|f| step >= f) {
+            anyhow::bail!("scripted failure at step {step}");
+        }
         Ok(batch
             .iter_mut()
             .map(|(cache, tokens)| {

@@ -54,11 +54,22 @@ fn sched(max_num_seqs: usize, max_queue: usize) -> SchedulerConfig {
     }
 }
 
-fn app_with(script: Vec<u32>, cfg: SchedulerConfig, delay: Duration) -> Built {
+fn backend(script: Vec<u32>, delay: Duration) -> ScriptedBackend {
     let t = tokenizer();
     let mut b = ScriptedBackend::new(script, t.encode(" la").unwrap()[0], 151_936);
     b.step_delay = delay;
-    assemble(b, t, MODEL.into(), cfg, Duration::from_millis(100)).unwrap()
+    b
+}
+
+fn app_with(script: Vec<u32>, cfg: SchedulerConfig, delay: Duration) -> Built {
+    assemble(
+        backend(script, delay),
+        tokenizer(),
+        MODEL.into(),
+        cfg,
+        Duration::from_millis(100),
+    )
+    .unwrap()
 }
 
 fn app() -> (Built, Script) {
@@ -846,7 +857,16 @@ async fn queued_stream_gets_keepalive_comments_then_its_completion() {
 
 #[tokio::test]
 async fn concurrent_requests_are_batched_and_each_gets_its_own_usage() {
-    let app = app_with(vec![], sched(4, 8), Duration::from_millis(5));
+    let b = backend(vec![], Duration::from_millis(5));
+    let (steps, max_batch) = (b.steps.clone(), b.max_batch.clone());
+    let app = assemble(
+        b,
+        tokenizer(),
+        MODEL.into(),
+        sched(4, 8),
+        Duration::from_millis(100),
+    )
+    .unwrap();
     let mut handles = Vec::new();
     for n in 1..=4u64 {
         let r = app.router.clone();
@@ -865,4 +885,82 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_usage() {
         assert_eq!(v["usage"]["completion_tokens"], n * 5);
     }
     assert_eq!(metric(&app, "vllm:generation_tokens_total{").await, 50.0);
+    // 50 tokens in far fewer than 50 steps: sequences shared decode steps.
+    let steps = steps.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(steps < 40, "{steps} steps");
+    assert_eq!(max_batch.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn mid_stream_failure_is_a_json_error_event_then_done() {
+    let mut b = backend(vec![], Duration::ZERO);
+    b.fail_from_step = Some(3);
+    let app = assemble(
+        b,
+        tokenizer(),
+        MODEL.into(),
+        sched(2, 4),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let (_, body) = post_stream(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Hi"), "stream": true, "max_tokens": 20}),
+    )
+    .await;
+    let events = sse_events(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let err = chunks.last().unwrap();
+    assert_eq!(err["error"]["type"], "server_error");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("scripted failure"));
+    // The engine survives and the non-streaming path reports a 500 in OpenAI's shape.
+    let (status, v) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Hi")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(v["error"]["type"], "server_error");
+    let resp = call(&app.router, Method::GET, "/health", None).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        metric(
+            &app,
+            "vllm:request_success_total{model_name=\"qwen3-test\",finished_reason=\"error\"}"
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn stopped_engine_answers_503() {
+    let (app, _) = app();
+    app.state.engine.shutdown();
+    for _ in 0..100 {
+        if !app.state.engine.is_alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, v) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Hi")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["error"]["code"], "service_unavailable");
+    let resp = call(&app.router, Method::GET, "/health", None).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

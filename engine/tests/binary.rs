@@ -122,3 +122,35 @@ fn missing_tokenizer_fails_with_the_setup_command() {
         "{err}"
     );
 }
+
+#[test]
+fn closing_the_socket_mid_stream_aborts_the_request() {
+    let server = start(&["--max-num-seqs", "1"]);
+    let body =
+        r#"{"messages":[{"role":"user","content":"Go on"}],"stream":true,"max_tokens":3000}"#;
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = 0;
+    while seen < 1500 {
+        seen += s.read(&mut buf).unwrap();
+    }
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = http(&server.addr, "GET", "/metrics", "");
+        if m.contains(
+            "vllm:request_success_total{model_name=\"qwen3-tiny\",finished_reason=\"abort\"} 1",
+        ) && m.contains("vllm:num_requests_running{model_name=\"qwen3-tiny\"} 0")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not aborted:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
