@@ -175,6 +175,17 @@ impl Gateway {
         out
     }
 
+    /// Makes each of the next `writes` conditional shared-data writes lose a race: another worker
+    /// writes the key first, so the filter's write fails with CasMismatch.
+    pub fn interfere_with_shared_data_writes(&self, writes: u32) {
+        *lock(&self.shared.cas_interference) = writes;
+    }
+
+    /// Interfering writes not yet used up (see [`Gateway::interfere_with_shared_data_writes`]).
+    pub fn pending_interference(&self) -> u32 {
+        *lock(&self.shared.cas_interference)
+    }
+
     /// The tick period the filter asked for on worker `vm`, in ms (0 = none).
     pub fn tick_period_ms(&self, vm: usize) -> u32 {
         lock(&self.vms[vm]).state().tick_period_ms

@@ -152,6 +152,10 @@ pub struct Shared {
     pub logs: Mutex<Vec<LogLine>>,
     /// Calls to imports this host answers with Unimplemented, by name.
     pub unimplemented_calls: Mutex<Vec<String>>,
+    /// How many of the next conditional (cas != 0) writes to an existing shared-data key are
+    /// preceded by another worker's write, so that they fail with CasMismatch as they would when
+    /// two Envoy workers race.
+    pub cas_interference: Mutex<u32>,
 }
 
 /// Locks a mutex even if a panicking test thread poisoned it.
@@ -232,14 +236,17 @@ fn compiled() -> Result<&'static Compiled> {
 }
 
 fn compile() -> Result<Compiled> {
-    let path = filter_wasm_path();
+    compile_from(&filter_wasm_path())
+}
+
+fn compile_from(path: &std::path::Path) -> Result<Compiled> {
     if !path.exists() {
         bail!(
             "the filter is not built: {} is missing. Build it with\n    cargo build --release --target wasm32-wasip1 -p llm-metrics-filter\n(or point LLM_FILTER_WASM at a .wasm)",
             path.display()
         );
     }
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::None);
     let engine = Engine::new(&config)?;
@@ -773,8 +780,16 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             ) else {
                 return status(Status::InvalidMemoryAccess);
             };
-            let s = lock(&c.data().shared.shared_data).set(&key, &value, cas as u32);
-            status(s)
+            let shared = c.data().shared.clone();
+            let mut data = lock(&shared.shared_data);
+            let mut interference = lock(&shared.cas_interference);
+            if cas != 0 && *interference > 0 {
+                if let Some((current, _)) = data.get(&key) {
+                    *interference -= 1;
+                    data.set(&key, &current, 0);
+                }
+            }
+            status(data.set(&key, &value, cas as u32))
         },
     )?;
 
@@ -1241,6 +1256,18 @@ mod tests {
         // cas 0 is unconditional.
         assert_eq!(data.set(b"k", b"4", 0), Status::Ok);
         assert_eq!(data.get(b"k").unwrap().0, b"4");
+    }
+
+    #[test]
+    fn a_missing_filter_fails_with_the_build_command() {
+        let err = compile_from(std::path::Path::new("/nonexistent/llm_metrics_filter.wasm"))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("cargo build --release --target wasm32-wasip1 -p llm-metrics-filter"),
+            "{err}"
+        );
     }
 
     #[test]

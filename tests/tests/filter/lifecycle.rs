@@ -412,3 +412,42 @@ fn a_multi_line_data_event_with_crlf_line_ends_is_one_event() {
         1
     );
 }
+
+#[test]
+fn the_model_cap_holds_when_workers_race_on_the_shared_registry() {
+    let gw = Gateway::with_vms(2, r#"{"max_models": 3}"#).unwrap_or_else(|e| panic!("{e:#}"));
+    let call = |vm: usize, model: &str| {
+        let mut s = gw.stream_on(vm);
+        s.post_json(CHAT, &chat_request(model, false));
+        s.response_headers(JSON);
+        s.response_body(&["{}"]);
+        s.end();
+    };
+    call(0, "a");
+    // Worker 1's registry update loses a race twice: it must re-read and try again.
+    gw.interfere_with_shared_data_writes(2);
+    call(1, "b");
+    assert_eq!(
+        gw.pending_interference(),
+        0,
+        "the filter never made a conditional write"
+    );
+    gw.interfere_with_shared_data_writes(1);
+    call(0, "c");
+    assert_eq!(
+        gw.pending_interference(),
+        0,
+        "the filter never made a conditional write"
+    );
+    call(1, "d");
+    call(0, "b");
+    let models = gw.label_values("llm_requests_total", "model");
+    assert_eq!(
+        models,
+        ["a", "b", "c", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    assert_eq!(gw.series("llm_requests_total", &[("model", "b")]), 2);
+}
