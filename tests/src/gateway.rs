@@ -344,6 +344,19 @@ impl Stream<'_> {
         }
     }
 
+    /// `proxy_on_request_trailers`: the request ends with trailers (no body end_of_stream).
+    pub fn request_trailers(&mut self, trailers: &[(&str, &str)]) -> Action {
+        let (ctx, trailers) = (self.ctx, owned_headers(trailers));
+        self.with_vm(|vm| vm.on_headers(ctx, MapType::RequestTrailers, trailers, true))
+    }
+
+    /// `proxy_on_response_trailers`: the response ends with trailers; as in Envoy, no body
+    /// callback carries end_of_stream then.
+    pub fn response_trailers(&mut self, trailers: &[(&str, &str)]) -> Action {
+        let (ctx, trailers) = (self.ctx, owned_headers(trailers));
+        self.with_vm(|vm| vm.on_headers(ctx, MapType::ResponseTrailers, trailers, true))
+    }
+
     /// Moves the gateway clock to `ms` after this stream's request headers.
     pub fn at_ms(&self, ms: u64) {
         let start = self

@@ -451,3 +451,33 @@ fn the_model_cap_holds_when_workers_race_on_the_shared_registry() {
     );
     assert_eq!(gw.series("llm_requests_total", &[("model", "b")]), 2);
 }
+
+#[test]
+fn a_response_that_ends_with_trailers_is_completed() {
+    // With trailers (HTTP/2 upstreams, chunked trailers) Envoy ends the response in
+    // on_response_trailers: no body callback has end_of_stream.
+    let gw = gateway();
+    let mut s = gw.stream();
+    s.post_json(CHAT, &chat_request("m", true));
+    s.response_headers(SSE);
+    for chunk in [token("a"), finish(), usage_chunk(2, 1), DONE.to_owned()] {
+        s.response_chunk(chunk.as_bytes(), false);
+    }
+    s.response_trailers(&[("grpc-status", "0")]);
+    let report = s.end();
+    assert!(report.untouched(), "{report:?}");
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &request_labels("m", "true", "2xx", "completed")
+        ),
+        1
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[("token_type", "output"), ("source", "usage")]
+        ),
+        1
+    );
+}
