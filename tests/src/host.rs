@@ -212,6 +212,35 @@ pub struct VmState {
 }
 
 impl VmState {
+    /// A fresh VM's host state: WASI with the shared virtual clock, seeded randomness, and the
+    /// guest's stdout and stderr captured (a Rust panic message lands there).
+    pub fn new(shared: Arc<Shared>, vm_index: usize, plugin_config: &[u8]) -> VmState {
+        let stderr = MemoryOutputPipe::new(4 << 20);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stderr.clone())
+            .stderr(stderr.clone())
+            .wall_clock(shared.clock.clone())
+            .monotonic_clock(shared.clock.clone())
+            .secure_random(rand::rngs::StdRng::seed_from_u64(7 + vm_index as u64))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(11 + vm_index as u64))
+            .insecure_random_seed(13)
+            .build_p1();
+        let mut contexts = HashMap::new();
+        contexts.insert(ROOT_CONTEXT_ID, ContextState::default());
+        VmState {
+            wasi,
+            shared,
+            vm_index,
+            active: ROOT_CONTEXT_ID,
+            plugin_config: plugin_config.to_vec(),
+            vm_config: Vec::new(),
+            contexts,
+            metric_ids: Vec::new(),
+            tick_period_ms: 0,
+            stderr,
+        }
+    }
+
     fn active_context(&mut self) -> &mut ContextState {
         self.contexts.entry(self.active).or_default()
     }
@@ -970,30 +999,7 @@ impl Vm {
     /// `proxy_on_vm_start`, `proxy_on_configure`. An error if the filter refuses its configuration.
     pub fn start(shared: Arc<Shared>, vm_index: usize, plugin_config: &[u8]) -> Result<Vm> {
         let compiled = compiled()?;
-        let stderr = MemoryOutputPipe::new(4 << 20);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stderr.clone())
-            .stderr(stderr.clone())
-            .wall_clock(shared.clock.clone())
-            .monotonic_clock(shared.clock.clone())
-            .secure_random(rand::rngs::StdRng::seed_from_u64(7 + vm_index as u64))
-            .insecure_random(rand::rngs::StdRng::seed_from_u64(11 + vm_index as u64))
-            .insecure_random_seed(13)
-            .build_p1();
-        let mut contexts = HashMap::new();
-        contexts.insert(ROOT_CONTEXT_ID, ContextState::default());
-        let state = VmState {
-            wasi,
-            shared,
-            vm_index,
-            active: ROOT_CONTEXT_ID,
-            plugin_config: plugin_config.to_vec(),
-            vm_config: Vec::new(),
-            contexts,
-            metric_ids: Vec::new(),
-            tick_period_ms: 0,
-            stderr,
-        };
+        let state = VmState::new(shared, vm_index, plugin_config);
         let mut store = Store::new(&compiled.engine, state);
         let instance = compiled
             .pre
@@ -1256,6 +1262,155 @@ mod tests {
         // cas 0 is unconditional.
         assert_eq!(data.set(b"k", b"4", 0), Status::Ok);
         assert_eq!(data.get(b"k").unwrap().0, b"4");
+    }
+
+    /// A hand-written guest that exercises the host's ABI plumbing without the filter.
+    const GUEST: &str = r#"
+    (module
+      (import "env" "proxy_http_call"
+        (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_set_shared_data" (func $set_shared (param i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_get_shared_data" (func $get_shared (param i32 i32 i32 i32 i32) (result i32)))
+      (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
+      (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+      (memory (export "memory") 1)
+      (global $heap (mut i32) (i32.const 4096))
+      (data (i32.const 0) ":path")
+      (data (i32.const 16) "key")
+      (data (i32.const 32) "value")
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+        (local $p i32)
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+        (local.get $p))
+      ;; An import the host does not implement: must answer Unimplemented, not trap.
+      (func (export "call_unimplemented") (result i32)
+        (call $http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                         (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 100)))
+      ;; Pointer at 100, size at 104.
+      (func (export "get_path") (param $map i32) (result i32)
+        (call $get_header (local.get $map) (i32.const 0) (i32.const 5) (i32.const 100) (i32.const 104)))
+      (func (export "set_shared") (param $cas i32) (result i32)
+        (call $set_shared (i32.const 16) (i32.const 3) (i32.const 32) (i32.const 5) (local.get $cas)))
+      ;; Pointer at 100, size at 104, cas at 108.
+      (func (export "get_shared") (result i32)
+        (call $get_shared (i32.const 16) (i32.const 3) (i32.const 100) (i32.const 104) (i32.const 108)))
+      ;; Proxy time at 200, WASI realtime at 208, WASI monotonic at 216.
+      (func (export "read_clocks")
+        (drop (call $now (i32.const 200)))
+        (drop (call $clock (i32.const 0) (i64.const 1) (i32.const 208)))
+        (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 216))))
+    )"#;
+
+    struct Guest {
+        store: Store<VmState>,
+        instance: wasmtime::Instance,
+        shared: Arc<Shared>,
+    }
+
+    impl Guest {
+        fn new() -> Guest {
+            let engine = Engine::default();
+            let module = Module::new(&engine, GUEST).unwrap();
+            let linker = linker_for(&engine, &module).unwrap();
+            let shared = Arc::new(Shared::default());
+            let mut store = Store::new(&engine, VmState::new(shared.clone(), 0, b""));
+            let instance = linker.instantiate(&mut store, &module).unwrap();
+            Guest {
+                store,
+                instance,
+                shared,
+            }
+        }
+
+        fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+            &mut self,
+            name: &str,
+            params: P,
+        ) -> R {
+            let f = self
+                .instance
+                .get_typed_func::<P, R>(&mut self.store, name)
+                .unwrap();
+            f.call(&mut self.store, params).unwrap()
+        }
+
+        fn memory(&mut self, at: usize, len: usize) -> Vec<u8> {
+            let mem = self.instance.get_memory(&mut self.store, "memory").unwrap();
+            mem.data(&self.store)[at..at + len].to_vec()
+        }
+
+        fn u32_at(&mut self, at: usize) -> u32 {
+            u32::from_le_bytes(self.memory(at, 4).try_into().unwrap())
+        }
+
+        fn u64_at(&mut self, at: usize) -> u64 {
+            u64::from_le_bytes(self.memory(at, 8).try_into().unwrap())
+        }
+
+        /// The (pointer, size) pair at 100/104, read back as bytes.
+        fn returned_bytes(&mut self) -> Vec<u8> {
+            let (ptr, size) = (self.u32_at(100), self.u32_at(104));
+            self.memory(ptr as usize, size as usize)
+        }
+    }
+
+    #[test]
+    fn an_unimplemented_import_answers_status_12_without_trapping() {
+        let mut guest = Guest::new();
+        let status: i32 = guest.call("call_unimplemented", ());
+        assert_eq!(status, Status::Unimplemented.code());
+        assert_eq!(
+            *lock(&guest.shared.unimplemented_calls),
+            vec!["env::proxy_http_call".to_owned()]
+        );
+    }
+
+    #[test]
+    fn returned_data_is_allocated_in_guest_memory_through_proxy_on_memory_allocate() {
+        let mut guest = Guest::new();
+        guest.store.data_mut().active_context().maps.insert(
+            MapType::RequestHeaders,
+            vec![(":path".into(), "/v1/chat/completions".into())],
+        );
+        let status: i32 = guest.call("get_path", 0i32);
+        assert_eq!(status, 0);
+        assert!(
+            guest.u32_at(100) >= 4096,
+            "the pointer comes from the guest's allocator"
+        );
+        assert_eq!(guest.returned_bytes(), b"/v1/chat/completions");
+        let missing: i32 = guest.call("get_path", 2i32);
+        assert_eq!(missing, Status::NotFound.code());
+    }
+
+    #[test]
+    fn shared_data_through_the_abi_returns_value_and_cas() {
+        let mut guest = Guest::new();
+        let missing: i32 = guest.call("get_shared", ());
+        assert_eq!(missing, Status::NotFound.code());
+        assert_eq!(guest.call::<i32, i32>("set_shared", 0), 0);
+        assert_eq!(guest.call::<(), i32>("get_shared", ()), 0);
+        assert_eq!(guest.returned_bytes(), b"value");
+        let cas = guest.u32_at(108);
+        assert_ne!(cas, 0);
+        assert_eq!(
+            guest.call::<i32, i32>("set_shared", (cas + 1) as i32),
+            Status::CasMismatch.code()
+        );
+        assert_eq!(guest.call::<i32, i32>("set_shared", cas as i32), 0);
+    }
+
+    #[test]
+    fn proxy_time_and_both_wasi_clocks_read_the_one_virtual_clock() {
+        let mut guest = Guest::new();
+        guest.shared.clock.advance_ns(1_234_567);
+        guest.call::<(), ()>("read_clocks", ());
+        let now = guest.shared.clock.now_ns();
+        assert_eq!(guest.u64_at(200), now);
+        assert_eq!(guest.u64_at(208), now);
+        assert_eq!(guest.u64_at(216), now);
     }
 
     #[test]
