@@ -144,8 +144,8 @@ impl Qwen3Config {
 
 /// A linear layer that picks the matmul by the number of rows (tokens in the step), because
 /// candle's CPU matmul is fast for one row but for a few rows packs the whole weight on every call
-/// (at Qwen3-0.6B shapes, 2 rows of 1024→3072 took 12× one row; see `examples`-free measurements in
-/// BENCHMARKS.md). Batched decoding only pays if a step reads each weight about once:
+/// (measured at Qwen3-0.6B shapes on the 2-core CI machine: 2 rows of 1024→3072 took 12× one row,
+/// 2 rows of the LM head 4–5×). Batched decoding only pays if a step reads each weight about once:
 /// - 1 row: candle's vector path;
 /// - 2–4 rows: [`crate::matvec::matmul_wt`], one pass over the weight for all rows;
 /// - 5–64 rows: `(W · xᵀ)ᵀ`, which keeps the weight in its stored layout and stays nearly flat;

@@ -373,6 +373,11 @@ impl<B: Backend> Scheduler<B> {
                 let r = self.running.swap_remove(i);
                 self.reserved -= r.reserve;
                 m.request_finished("abort");
+                tracing::info!(
+                    prompt_tokens = r.req.prompt.len(),
+                    completion_tokens = r.generated.len(),
+                    "request aborted (client gone); slot and KV cache freed"
+                );
                 // r (and its KV cache) is dropped here.
             } else {
                 i += 1;
@@ -636,6 +641,15 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
     m.request_decode_time
         .observe(now.duration_since(first).as_secs_f64());
     m.request_finished(reason.as_str());
+    tracing::info!(
+        prompt_tokens = r.req.prompt.len(),
+        completion_tokens = r.generated.len(),
+        reasoning_tokens = r.reasoning_tokens,
+        finish_reason = reason.as_str(),
+        ttft_ms = first.duration_since(r.req.arrival).as_millis() as u64,
+        e2e_ms = now.duration_since(r.req.arrival).as_millis() as u64,
+        "request finished"
+    );
     let _ = r.req.events.send(Event::Done {
         reason,
         usage: Usage {
