@@ -182,10 +182,13 @@ pub enum Callback {
 /// One context (the root context or a stream) as the host sees it.
 #[derive(Debug, Default)]
 pub struct ContextState {
+    /// Header maps the filter can read now.
     pub maps: HashMap<MapType, Vec<(String, String)>>,
-    /// The body chunk of the current `proxy_on_request_body` call.
+    /// Header maps whose callback is over: readable again in on_log only, as in Envoy.
+    pub log_maps: HashMap<MapType, Vec<(String, String)>>,
+    /// The request body buffer of the current `proxy_on_request_body` call.
     pub request_body: Vec<u8>,
-    /// The body chunk of the current `proxy_on_response_body` call.
+    /// The response body buffer of the current `proxy_on_response_body` call.
     pub response_body: Vec<u8>,
     pub properties: HashMap<String, Vec<u8>>,
     pub actions: Vec<(Callback, Action)>,
@@ -1176,6 +1179,14 @@ impl Vm {
                 })?,
             ),
         };
+        // Envoy forgets a header map once its callback returns Continue (context.cc sets
+        // request_headers_ = nullptr); the access-log phase (on_log) sees them all again.
+        if action == 0 {
+            let ctx = self.context(id);
+            if let Some(headers) = ctx.maps.remove(&map) {
+                ctx.log_maps.insert(map, headers);
+            }
+        }
         Ok(self.record(id, callback, action))
     }
 
@@ -1188,19 +1199,30 @@ impl Vm {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action> {
-        let len = chunk.len() as i32;
         let eos = end_of_stream as i32;
+        // Envoy's body buffer during the call: this chunk, after whatever earlier chunks the
+        // filter paused on (Envoy buffers those); it is gone once the filter returns Continue.
         let action = if request {
-            self.context(id).request_body = chunk.to_vec();
+            let ctx = self.context(id);
+            ctx.request_body.extend_from_slice(chunk);
+            let len = ctx.request_body.len() as i32;
             let a = self.call(id, "proxy_on_request_body", |e, s| {
                 e.on_request_body.call(s, (id as i32, len, eos))
             })?;
+            if a == 0 {
+                self.context(id).request_body.clear();
+            }
             self.record(id, Callback::RequestBody, a)
         } else {
-            self.context(id).response_body = chunk.to_vec();
+            let ctx = self.context(id);
+            ctx.response_body.extend_from_slice(chunk);
+            let len = ctx.response_body.len() as i32;
             let a = self.call(id, "proxy_on_response_body", |e, s| {
                 e.on_response_body.call(s, (id as i32, len, eos))
             })?;
+            if a == 0 {
+                self.context(id).response_body.clear();
+            }
             self.record(id, Callback::ResponseBody, a)
         };
         Ok(action)
@@ -1209,6 +1231,9 @@ impl Vm {
     /// `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`, as Envoy calls them when a stream is
     /// destroyed. Returns the stream's final host-side state.
     pub fn finish(&mut self, id: u32) -> Result<(ContextState, bool)> {
+        let ctx = self.context(id);
+        let log_maps = std::mem::take(&mut ctx.log_maps);
+        ctx.maps.extend(log_maps);
         self.call(id, "proxy_on_log", |e, s| e.on_log.call(s, id as i32))?;
         let done = self.call(id, "proxy_on_done", |e, s| e.on_done.call(s, id as i32))?;
         self.call(id, "proxy_on_delete", |e, s| e.on_delete.call(s, id as i32))?;
