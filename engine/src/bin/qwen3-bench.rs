@@ -2,8 +2,9 @@
 //! next to this machine's memory-bandwidth bound for one decode step.
 //!
 //! A decode step reads every weight once, so on a CPU it cannot run faster than
-//! `weight bytes / memory bandwidth`; the bound is measured here with a large memcpy. Numbers are
-//! for the engine's forward pass plus sampling (no HTTP), which is what the scheduler runs.
+//! `weight bytes / memory bandwidth`; the bound is measured here with a large memcpy. The first
+//! table times the forward pass alone (greedy argmax); the others go through the scheduler
+//! (batching, chunked prefill, sampling, detokenization), which is what the server adds before HTTP.
 //!
 //! ```text
 //! cargo run --release -p qwen3-engine --bin qwen3-bench -- --quick
@@ -125,26 +126,106 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    engine_level(model, &args, steps)
+}
+
+/// The same measurements through the scheduler (continuous batching, sampling over the whole
+/// vocabulary, detokenization, metrics): what a client of the server gets, minus HTTP.
+fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
+    use qwen3_engine::chat::{locate_tokenizer_dir, ChatTokenizer};
+    use qwen3_engine::sampling::SamplingParams;
+    use qwen3_engine::scheduler::{spawn, Event, GenerateRequest, SchedulerConfig};
+    use std::sync::Arc;
+
+    let tok = Arc::new(ChatTokenizer::from_dir(&locate_tokenizer_dir(None)?)?);
+    let registry = qwen3_engine::metrics::MetricsRegistry::new("bench");
+    let max_streams = args.streams.iter().copied().max().unwrap_or(1);
+    let engine = spawn(
+        model,
+        tok,
+        SchedulerConfig {
+            max_num_seqs: max_streams.max(1),
+            max_queue: 64,
+            max_model_len: 4096,
+            kv_cache_tokens: 65_536,
+            max_num_batched_tokens: args.chunk.max(max_streams),
+        },
+        registry.metrics.clone(),
+    )?;
+    // Runs `n` requests at once; returns (first event, done, completion tokens) per request.
+    let run =
+        |prompts: Vec<Vec<u32>>, max_tokens: usize| -> anyhow::Result<Vec<(f64, f64, usize)>> {
+            let t0 = Instant::now();
+            let mut rxs = Vec::new();
+            for p in prompts {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                engine
+                    .submit(GenerateRequest {
+                        prompt: p,
+                        max_tokens,
+                        sampling: SamplingParams {
+                            temperature: 0.0,
+                            ..Default::default()
+                        },
+                        stop: vec![],
+                        split_reasoning: true,
+                        events: tx,
+                        arrival: Instant::now(),
+                    })
+                    .map_err(|e| anyhow::anyhow!("submit: {e:?}"))?;
+                rxs.push(rx);
+            }
+            let handles: Vec<_> = rxs
+                .into_iter()
+                .map(|mut rx| {
+                    std::thread::spawn(move || {
+                        let mut first = None;
+                        while let Some(ev) = rx.blocking_recv() {
+                            let now = t0.elapsed().as_secs_f64();
+                            first.get_or_insert(now);
+                            match ev {
+                                Event::Done { usage, .. } => {
+                                    return Ok((first.unwrap_or(now), now, usage.completion_tokens))
+                                }
+                                Event::Error(e) => anyhow::bail!("{e}"),
+                                Event::Delta { .. } => {}
+                            }
+                        }
+                        anyhow::bail!("engine stopped")
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| anyhow::anyhow!("panic"))?)
+                .collect()
+        };
+
+    println!("\nThrough the scheduler (continuous batching, greedy sampling over the full vocabulary, detokenization):\n");
+    println!("| streams | tokens per stream | aggregate decode tok/s | per-stream tok/s |");
+    println!("|---|---|---|---|");
+    for &b in &args.streams {
+        // Decode rate = extra tokens / extra time of a long run over a one-token run with the
+        // same prompts, so prefill and the first token cancel out.
+        let prompts: Vec<Vec<u32>> = (0..b).map(|i| prompt(16 + 5 * i, 7 + i as u32)).collect();
+        let short = run(prompts.clone(), 1)?;
+        let long = run(prompts, steps + 1)?;
+        let t_short = short.iter().map(|x| x.1).fold(0.0, f64::max);
+        let t_long = long.iter().map(|x| x.1).fold(0.0, f64::max);
+        let toks: usize =
+            long.iter().map(|x| x.2).sum::<usize>() - short.iter().map(|x| x.2).sum::<usize>();
+        let agg = toks as f64 / (t_long - t_short);
+        println!("| {b} | {} | {agg:.2} | {:.2} |", steps + 1, agg / b as f64);
+    }
     println!(
-        "\n| prompt tokens | TTFT (prefill in {}-token chunks + first sample) | prefill tok/s |",
+        "\n| prompt tokens | TTFT through the scheduler (one request, prefill in {}-token chunks) | prefill tok/s |",
         args.chunk
     );
     println!("|---|---|---|");
     for &len in &args.ttft_prompts {
-        let p = prompt(len, 99);
-        let mut cache = model.new_cache();
-        let t = Instant::now();
-        let mut last = None;
-        for chunk in p.chunks(args.chunk) {
-            last = Some(model.forward(&mut [StepInput {
-                cache: &mut cache,
-                tokens: chunk,
-            }])?);
-        }
-        let first = last.map(|l| argmax(&l.flatten_all().unwrap().to_vec1::<f32>().unwrap()));
-        let el = t.elapsed().as_secs_f64();
-        std::hint::black_box(first);
-        println!("| {len} | {:.2} s | {:.0} |", el, len as f64 / el);
+        let r = run(vec![prompt(len, 11)], 1)?;
+        println!("| {len} | {:.2} s | {:.0} |", r[0].1, len as f64 / r[0].1);
     }
+    engine.shutdown();
     Ok(())
 }
