@@ -71,12 +71,15 @@ impl Gateway {
         let ctx = lock(&self.vms[vm])
             .create_stream()
             .unwrap_or_else(|e| panic!("{e:#}"));
-        Stream {
+        let mut stream = Stream {
             gateway: self,
             vm,
             ctx,
             started_ns: None,
-        }
+        };
+        // Envoy answers `response.flags` in every phase; it is 0 until something goes wrong.
+        stream.set_property("response.flags", &0u64.to_le_bytes());
+        stream
     }
 
     /// Calls `proxy_on_tick` on every worker.
