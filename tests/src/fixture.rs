@@ -253,7 +253,6 @@ impl Fixture {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         let complete = self.end == End::Complete;
-        gw.advance_ms(0);
         if response_body.is_empty() && complete {
             s.response_headers_only(&resp_headers);
             gw.advance_ms(50);
