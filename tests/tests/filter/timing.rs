@@ -215,3 +215,92 @@ fn the_duration_of_an_aborted_stream_ends_when_envoy_logs_it() {
         vec![900]
     );
 }
+
+#[test]
+fn ttft_of_a_responses_api_stream_is_timed_at_the_first_text_delta() {
+    let gw = gateway();
+    let mut s = gw.stream();
+    s.post_json(
+        "/v1/responses",
+        r#"{"model":"m","stream":true,"input":"hi"}"#,
+    );
+    let ev = |kind: &str, data: serde_json::Value| format!("event: {kind}\ndata: {data}\n\n");
+    s.respond(
+        SSE,
+        &[
+            (40, ev("response.created", serde_json::json!({"type": "response.created", "response": {"status": "in_progress"}}))),
+            (60, ev("response.output_item.added", serde_json::json!({"type": "response.output_item.added"}))),
+            (210, ev("response.output_text.delta", serde_json::json!({"type": "response.output_text.delta", "delta": "Hi"}))),
+            (250, ev("response.output_text.delta", serde_json::json!({"type": "response.output_text.delta", "delta": " there"}))),
+            (290, ev("response.output_text.delta", serde_json::json!({"type": "response.output_text.delta", "delta": "!"}))),
+            (300, ev("response.completed", serde_json::json!({
+                "type": "response.completed",
+                "response": {"status": "completed", "usage": {"input_tokens": 9, "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}}},
+            }))),
+        ],
+    );
+    s.end();
+    let labels = [("model", "m"), ("api", "responses")];
+    assert_eq!(
+        gw.histogram("llm_time_to_first_token_ms", &labels).samples,
+        vec![210]
+    );
+    // (290 - 210) ms / (5 usage output tokens - 1) = 20000 µs.
+    assert_eq!(
+        gw.histogram("llm_time_per_output_token_us", &labels)
+            .samples,
+        vec![20_000]
+    );
+    assert_eq!(
+        gw.series(
+            "llm_tokens_total",
+            &[
+                ("api", "responses"),
+                ("token_type", "output"),
+                ("source", "usage")
+            ]
+        ),
+        5
+    );
+    assert_eq!(
+        gw.series(
+            "llm_requests_total",
+            &[("api", "responses"), ("outcome", "completed")]
+        ),
+        1
+    );
+}
+
+#[test]
+fn ttft_of_a_legacy_completions_stream_is_timed_at_the_first_text_choice() {
+    let gw = gateway();
+    let mut s = gw.stream();
+    s.post_json(
+        "/v1/completions",
+        r#"{"model":"m","stream":true,"prompt":"a"}"#,
+    );
+    let text = |t: &str| {
+        event(&serde_json::json!({"choices": [{"index": 0, "text": t, "finish_reason": null}]}))
+    };
+    s.respond(
+        SSE,
+        &[
+            (70, text("")),
+            (95, text("Paris")),
+            (105, text(",")),
+            (115, event(&serde_json::json!({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}))),
+            (116, DONE.to_owned()),
+        ],
+    );
+    s.end();
+    let labels = [("model", "m"), ("api", "completions")];
+    assert_eq!(
+        gw.histogram("llm_time_to_first_token_ms", &labels).samples,
+        vec![95]
+    );
+    assert_eq!(
+        gw.histogram("llm_time_per_output_token_us", &labels)
+            .samples,
+        vec![10_000]
+    );
+}
