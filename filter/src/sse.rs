@@ -95,7 +95,13 @@ impl Decoder {
             };
             chunk = tail.get(consumed..).unwrap_or_default();
             if self.line.is_empty() && !self.skipping_line {
-                self.line_done(head, on_item);
+                if head.len() > self.max_event_bytes {
+                    // The same verdict as for a line that arrives in pieces and overflows `carry`.
+                    self.oversized = true;
+                    self.at_start = false;
+                } else {
+                    self.line_done(head, on_item);
+                }
             } else {
                 self.carry(head);
                 let line = std::mem::take(&mut self.line);
@@ -340,6 +346,17 @@ mod tests {
             decode_chunks(32, &[many.as_bytes()]),
             vec![Owned::TooLarge, ev("ok")]
         );
+    }
+
+    #[test]
+    fn an_oversized_line_of_any_field_gives_the_same_verdict_whole_or_split() {
+        // Found by the sse_decoder fuzz target: a long non-data line was skipped silently when it came
+        // in one chunk but reported as too large when it came in pieces.
+        let input = format!("{}\n\ndata: ok\n\n", "x".repeat(100));
+        let whole = decode_chunks(32, &[input.as_bytes()]);
+        assert_eq!(whole, vec![Owned::TooLarge, ev("ok")]);
+        let pieces: Vec<&[u8]> = input.as_bytes().chunks(7).collect();
+        assert_eq!(decode_chunks(32, &pieces), whole);
     }
 
     #[test]
