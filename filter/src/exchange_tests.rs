@@ -678,3 +678,13 @@ proptest! {
         obs.for_each_op(&mut |_, op| assert_ne!(op, Op::Add(0)));
     }
 }
+
+#[test]
+fn per_stream_state_is_small() {
+    // The documented bound (crate docs and README): a few hundred bytes of state per exchange, plus
+    // the body or partial event being read.
+    let exchange = std::mem::size_of::<Exchange>();
+    let decoder = std::mem::size_of::<Decoder>();
+    assert!(exchange <= 256, "Exchange is {exchange} bytes");
+    assert!(decoder <= 160, "Decoder is {decoder} bytes");
+}
