@@ -289,12 +289,16 @@ pub enum Split {
     At(Vec<usize>),
     /// One byte per call.
     ByteByByte,
+    /// The whole body, then an empty chunk that carries end_of_stream (as Envoy delivers an
+    /// HTTP/2 END_STREAM on an empty DATA frame).
+    EmptyLastChunk,
 }
 
 impl Split {
     pub fn cut<'a>(&self, body: &'a [u8]) -> Vec<&'a [u8]> {
         let points: Vec<usize> = match self {
             Split::Whole => Vec::new(),
+            Split::EmptyLastChunk => return vec![body, &body[body.len()..]],
             Split::ByteByByte => (1..body.len()).collect(),
             Split::At(points) => points.clone(),
             Split::Random { seed, cuts } => {
@@ -415,6 +419,7 @@ mod tests {
             assert!(chunks.iter().all(|c| !c.is_empty()), "{split:?}");
         }
         assert_eq!(Split::ByteByByte.cut(body).len(), body.len());
+        assert_eq!(Split::EmptyLastChunk.cut(body), vec![&body[..], &b""[..]]);
     }
 
     #[test]

@@ -47,7 +47,8 @@ fn every_golden_fixture_produces_exactly_its_expected_series() {
 }
 
 #[test]
-fn every_fixture_gives_identical_series_when_split_at_seeded_random_points_or_byte_by_byte() {
+fn every_fixture_gives_identical_series_at_seeded_random_cuts_byte_by_byte_and_with_an_empty_last_chunk(
+) {
     for_each_fixture(|f| {
         let whole = f
             .replay(&Split::Whole)
@@ -60,6 +61,7 @@ fn every_fixture_gives_identical_series_when_split_at_seeded_random_points_or_by
             })
             .collect();
         splits.push(Split::ByteByByte);
+        splits.push(Split::EmptyLastChunk);
         for split in splits {
             let replay = f.replay(&split).map_err(|e| format!("{split:?}: {e:#}"))?;
             let d = diff(&whole, &replay.full_lines());
