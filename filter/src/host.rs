@@ -228,6 +228,18 @@ impl Registry for SharedRegistry {
     }
 }
 
+/// Creates the (empty) shared model list if no worker has yet. Envoy's first write of a key ignores
+/// compare-and-set, so two workers admitting their first models at once could each overwrite the
+/// other's entry; with the key created here, at start-up, every later write is a real CAS. Racing
+/// creators all write the same empty value, which is harmless.
+fn create_model_registry() {
+    if let Ok((list, 0)) = get_shared(MODELS_KEY) {
+        if list.is_empty() {
+            let _ = set_shared(MODELS_KEY, b"", 0);
+        }
+    }
+}
+
 /// Per-VM state shared by the root context and every HTTP context of one worker.
 struct Vm {
     config: Config,
@@ -306,6 +318,9 @@ impl RootContext for Root {
         };
         match Config::parse(&bytes) {
             Ok(config) => {
+                if config.models.is_empty() {
+                    create_model_registry();
+                }
                 let models = ModelLabels::new(&config.models, config.max_models);
                 self.vm = Some(Rc::new(Vm {
                     config,
