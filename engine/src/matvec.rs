@@ -33,21 +33,29 @@ pub fn matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     // Output transposed, (n, m): each task writes whole weight rows' results.
     let mut yt = vec![0f32; n * m];
     const ROWS: usize = 32;
+    const GROUP: usize = 4;
     let fast = has_avx2_fma();
     yt.par_chunks_mut(ROWS * m)
         .enumerate()
         .for_each(|(c, out)| {
             let r0 = c * ROWS;
-            for (r, o) in out.chunks_mut(m).enumerate() {
-                let row = &wv[(r0 + r) * k..(r0 + r + 1) * k];
-                if fast {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked by `has_avx2_fma`).
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        dots_avx2(row, xv, k, o)
-                    };
-                } else {
-                    dots(row, xv, k, o);
+            // Inputs in groups of four: a group (16 KiB at k = 1024) and the current weight row
+            // stay in L1; the tile of weight rows is re-read from L2, not memory, per group.
+            for g in (0..m).step_by(GROUP) {
+                let ge = (g + GROUP).min(m);
+                let xg = &xv[g * k..ge * k];
+                for (r, o) in out.chunks_mut(m).enumerate() {
+                    let row = &wv[(r0 + r) * k..(r0 + r + 1) * k];
+                    let o = &mut o[g..ge];
+                    if fast {
+                        // SAFETY: the CPU supports AVX2 and FMA (checked by `has_avx2_fma`).
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            dots_avx2(row, xg, k, o)
+                        };
+                    } else {
+                        dots(row, xg, k, o);
+                    }
                 }
             }
         });
@@ -77,9 +85,10 @@ fn dots(row: &[f32], xs: &[f32], k: usize, out: &mut [f32]) {
     dots_impl::<false>(row, xs, k, out)
 }
 
-/// `out[i] = row · xs[i]`. Thirty-two accumulator lanes (four AVX registers) let the compiler vectorise; with
-/// `FMA` the multiply-adds are fused (`mul_add` would be a slow libm call without it). The weight
-/// row stays in L1 while it is dotted with every input.
+/// `out[i] = row · xs[i]`. Thirty-two accumulator lanes (four AVX registers) per input; fixed-size
+/// array views remove bounds checks so the loop vectorises; with `FMA` the multiply-adds are fused
+/// (`mul_add` would be a slow libm call without it). The weight row stays in L1 while it is dotted
+/// with every input of the group.
 #[inline(always)]
 fn dots_impl<const FMA: bool>(row: &[f32], xs: &[f32], k: usize, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
@@ -88,7 +97,6 @@ fn dots_impl<const FMA: bool>(row: &[f32], xs: &[f32], k: usize, out: &mut [f32]
         let mut rc = row.chunks_exact(32);
         let mut xc = x.chunks_exact(32);
         for (a, b) in rc.by_ref().zip(xc.by_ref()) {
-            // Fixed-size arrays: no bounds checks, so the loop vectorises.
             let (Ok(a), Ok(b)) = (<&[f32; 32]>::try_from(a), <&[f32; 32]>::try_from(b)) else {
                 unreachable!("chunks_exact(32) yields 32 elements")
             };
