@@ -45,6 +45,7 @@ pub enum ApiError {
     ModelNotFound(String),
     NotFound(String),
     MethodNotAllowed,
+    PayloadTooLarge,
     QueueFull,
     Unavailable(String),
     Internal(String),
@@ -63,6 +64,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,7 +77,8 @@ impl ApiError {
             ApiError::BadRequest { .. }
             | ApiError::ModelNotFound(_)
             | ApiError::NotFound(_)
-            | ApiError::MethodNotAllowed => "invalid_request_error",
+            | ApiError::MethodNotAllowed
+            | ApiError::PayloadTooLarge => "invalid_request_error",
             ApiError::QueueFull => "rate_limit_error",
             ApiError::Unavailable(_) | ApiError::Internal(_) => "server_error",
         }
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) => Some("model_not_found"),
             ApiError::NotFound(_) => Some("not_found"),
             ApiError::MethodNotAllowed => Some("method_not_allowed"),
+            ApiError::PayloadTooLarge => Some("payload_too_large"),
             ApiError::QueueFull => Some("queue_full"),
             ApiError::Unavailable(_) => Some("service_unavailable"),
             ApiError::BadRequest { .. } | ApiError::Internal(_) => None,
@@ -101,6 +105,10 @@ impl ApiError {
             ),
             ApiError::NotFound(p) => (format!("Unknown path: {p}"), None),
             ApiError::MethodNotAllowed => ("Method not allowed".to_owned(), None),
+            ApiError::PayloadTooLarge => (
+                format!("The request body is larger than {} bytes", MAX_BODY_BYTES),
+                None,
+            ),
             ApiError::QueueFull => (
                 "The server's request queue is full; retry later.".to_owned(),
                 None,
@@ -122,6 +130,9 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Largest accepted request body (axum's default of 2 MB is small for long chats).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
@@ -131,6 +142,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -561,8 +573,24 @@ fn submit(
     })
 }
 
-async fn chat_completions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    match chat_inner(&st, body) {
+type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+/// Body rejections (too large, unreadable) in OpenAI's shape too.
+fn body_or_error(body: BodyResult) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest {
+                message: e.body_text(),
+                param: None,
+            }
+        }
+    })
+}
+
+async fn chat_completions(State(st): State<Arc<AppState>>, body: BodyResult) -> Response {
+    match body_or_error(body).and_then(|b| chat_inner(&st, b)) {
         Ok(job) => respond(job).await,
         Err(e) => e.into_response(),
     }
@@ -616,8 +644,8 @@ fn chat_inner(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
     submit(st, Kind::Chat, ids, max_tokens, common)
 }
 
-async fn completions(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
-    match completions_inner(&st, body) {
+async fn completions(State(st): State<Arc<AppState>>, body: BodyResult) -> Response {
+    match body_or_error(body).and_then(|b| completions_inner(&st, b)) {
         Ok(job) => respond(job).await,
         Err(e) => e.into_response(),
     }

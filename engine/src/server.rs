@@ -208,11 +208,13 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     tracing::info!("serving model {} on http://{local}", built.model_name);
     let engine = built.state.engine.clone();
     axum::serve(listener, built.router)
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            tracing::info!("shutting down: open requests end with an error event");
+            // Ends every running and waiting request so open streams finish and the server stops.
+            engine.shutdown();
         })
         .await?;
-    engine.shutdown();
     Ok(())
 }
 

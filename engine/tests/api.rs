@@ -702,6 +702,18 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
     )
     .await;
 
+    let big = "x".repeat(qwen3_engine::api::MAX_BODY_BYTES + 1);
+    let resp = app
+        .router
+        .clone()
+        .oneshot(Request::post(c).body(Body::from(big)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let v: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large");
+
     let resp = call(&app.router, Method::GET, "/v1/nope", None).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let v: Value =
