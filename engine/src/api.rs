@@ -541,6 +541,7 @@ fn submit(
     prompt: Vec<u32>,
     max_tokens: usize,
     common: Common,
+    parse_tool_calls: bool,
 ) -> Result<Job, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     st.engine
@@ -550,6 +551,7 @@ fn submit(
             sampling: common.sampling,
             stop: common.stop,
             split_reasoning: kind == Kind::Chat,
+            parse_tool_calls,
             events: tx,
             arrival: Instant::now(),
         })
@@ -630,6 +632,21 @@ fn chat_inner(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
         Some(t @ Value::Array(_)) => Some(t),
         Some(_) => return Err(ApiError::bad("tools", "`tools` must be an array")),
     };
+    // Tool calls are parsed out of the output (Qwen3 writes Hermes-style `<tool_call>` blocks)
+    // when tools are offered, unless `tool_choice` is "none".
+    let offers_tools = tools
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    let parse_tool_calls =
+        match field(&o, "tool_choice") {
+            None => offers_tools,
+            Some(Value::String(c)) if c == "auto" => offers_tools,
+            Some(Value::String(c)) if c == "none" => false,
+            Some(_) => return Err(ApiError::bad(
+                "tool_choice",
+                "`tool_choice` must be \"auto\" or \"none\" (forced tool calls are not supported)",
+            )),
+        };
     let add_generation_prompt =
         opt_bool(&o, "add_generation_prompt", "add_generation_prompt")?.unwrap_or(true);
     let prompt = st
@@ -641,7 +658,7 @@ fn chat_inner(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
         .encode(&prompt)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let max_tokens = fit_context(st, ids.len(), common.max_tokens, "messages")?;
-    submit(st, Kind::Chat, ids, max_tokens, common)
+    submit(st, Kind::Chat, ids, max_tokens, common, parse_tool_calls)
 }
 
 async fn completions(State(st): State<Arc<AppState>>, body: BodyResult) -> Response {
@@ -700,7 +717,7 @@ fn completions_inner(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
     // The legacy completions API defaults to 16 tokens.
     common.max_tokens = Some(common.max_tokens.unwrap_or(16));
     let max_tokens = fit_context(st, ids.len(), common.max_tokens, "prompt")?;
-    submit(st, Kind::Completion, ids, max_tokens, common)
+    submit(st, Kind::Completion, ids, max_tokens, common, false)
 }
 
 fn usage_json(u: &Usage, kind: Kind) -> Value {
@@ -736,8 +753,16 @@ async fn respond(job: Job) -> Response {
 async fn collect(mut job: Job) -> Response {
     let mut content = String::new();
     let mut reasoning = String::new();
+    let mut tool_calls = Vec::new();
     loop {
         match job.rx.recv().await {
+            Some(Event::ToolCall {
+                name, arguments, ..
+            }) => tool_calls.push(json!({
+                "id": random_id("chatcmpl-tool-"),
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            })),
             Some(Event::Delta {
                 reasoning: true,
                 text,
@@ -750,6 +775,9 @@ async fn collect(mut job: Job) -> Response {
                 let body = match job.kind {
                     Kind::Chat => {
                         let r = (!reasoning.is_empty()).then_some(reasoning);
+                        // With tool calls and no text, content is null as in OpenAI's responses.
+                        let content =
+                            (!content.is_empty() || tool_calls.is_empty()).then_some(content);
                         json!({
                             "id": job.id,
                             "object": "chat.completion",
@@ -762,7 +790,7 @@ async fn collect(mut job: Job) -> Response {
                                     "content": content,
                                     "reasoning_content": r,
                                     "reasoning": r,
-                                    "tool_calls": [],
+                                    "tool_calls": tool_calls,
                                 },
                                 "logprobs": null,
                                 "finish_reason": reason.as_str(),
@@ -884,6 +912,25 @@ impl SseState {
             Some(Event::Delta { reasoning, text }) => {
                 self.start(&mut out);
                 out.push_str(&self.delta(reasoning, &text, None));
+            }
+            Some(Event::ToolCall {
+                index,
+                name,
+                arguments,
+            }) => {
+                // One delta per call, complete (OpenAI clients also accept incremental ones).
+                self.start(&mut out);
+                out.push_str(&self.chunk(json!({
+                    "index": 0,
+                    "delta": {"tool_calls": [{
+                        "index": index,
+                        "id": random_id("chatcmpl-tool-"),
+                        "type": "function",
+                        "function": {"name": name, "arguments": arguments},
+                    }]},
+                    "logprobs": null,
+                    "finish_reason": null,
+                })));
             }
             Some(Event::Done { reason, usage }) => {
                 self.start(&mut out);

@@ -59,6 +59,8 @@ pub struct ChatTokenizer {
     pub stop_token_ids: Vec<u32>,
     pub think_start: Option<u32>,
     pub think_end: Option<u32>,
+    pub tool_call_start: Option<u32>,
+    pub tool_call_end: Option<u32>,
     /// Model context limit declared by the tokenizer config, if any.
     pub model_max_length: Option<usize>,
 }
@@ -131,6 +133,8 @@ impl ChatTokenizer {
         Ok(Self {
             think_start: tokenizer.token_to_id("<think>"),
             think_end: tokenizer.token_to_id("</think>"),
+            tool_call_start: tokenizer.token_to_id("<tool_call>"),
+            tool_call_end: tokenizer.token_to_id("</tool_call>"),
             tokenizer,
             env,
             stop_token_ids: stop,
@@ -219,6 +223,17 @@ fn tojson(value: Value) -> Result<Value, minijinja::Error> {
     Ok(Value::from_safe_string(
         String::from_utf8(out).unwrap_or_default(),
     ))
+}
+
+/// JSON as Python's `json.dumps(..., ensure_ascii=False)` writes it (tool-call arguments, as
+/// vLLM's Hermes parser returns them).
+pub fn python_json(v: &serde_json::Value) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    match v.serialize(&mut ser) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => v.to_string(),
+    }
 }
 
 struct PythonFormatter;

@@ -94,12 +94,23 @@ impl SchedulerConfig {
 pub enum FinishReason {
     Stop,
     Length,
+    /// Stopped after emitting tool calls (OpenAI's `tool_calls`).
+    ToolCalls,
 }
 
 impl FinishReason {
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+        }
+    }
+
+    /// vLLM's `finished_reason` label (it has no separate value for tool calls).
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::ToolCalls => "stop",
             FinishReason::Length => "length",
         }
     }
@@ -119,6 +130,13 @@ pub enum Event {
         reasoning: bool,
         text: String,
     },
+    /// A complete tool call parsed from `<tool_call>{"name": ..., "arguments": ...}</tool_call>`;
+    /// `arguments` is a JSON string as in OpenAI's API.
+    ToolCall {
+        index: usize,
+        name: String,
+        arguments: String,
+    },
     Done {
         reason: FinishReason,
         usage: Usage,
@@ -133,6 +151,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Split `<think>...</think>` into reasoning deltas (chat); otherwise tags are plain text.
     pub split_reasoning: bool,
+    /// Parse Qwen3's `<tool_call>` blocks into [`Event::ToolCall`] (the request offered tools).
+    pub parse_tool_calls: bool,
     pub events: mpsc::UnboundedSender<Event>,
     pub arrival: Instant,
 }
@@ -240,6 +260,7 @@ pub fn spawn<B: Backend>(
 enum Mode {
     Content,
     Reasoning,
+    ToolCall,
 }
 
 struct Running<C> {
@@ -252,6 +273,7 @@ struct Running<C> {
     mode: Mode,
     reasoning_seen: bool,
     reasoning_tokens: usize,
+    tool_calls: usize,
     pending: String,
     admitted: Instant,
     first_token: Option<Instant>,
@@ -343,6 +365,7 @@ impl<B: Backend> Scheduler<B> {
                     mode: Mode::Content,
                     reasoning_seen: false,
                     reasoning_tokens: 0,
+                    tool_calls: 0,
                     pending: String::new(),
                     admitted: now,
                     first_token: None,
@@ -542,11 +565,22 @@ fn on_token<C>(
     } else if r.req.split_reasoning && Some(token) == tok.think_end && r.mode == Mode::Reasoning {
         flush_mode(r, tok);
         r.mode = Mode::Content;
+    } else if r.req.parse_tool_calls
+        && Some(token) == tok.tool_call_start
+        && r.mode == Mode::Content
+    {
+        flush_mode(r, tok);
+        r.mode = Mode::ToolCall;
+    } else if r.req.parse_tool_calls && Some(token) == tok.tool_call_end && r.mode == Mode::ToolCall
+    {
+        end_tool_call(r, tok);
     } else {
         if r.mode == Mode::Reasoning {
             r.reasoning_tokens += 1;
         }
         match r.detok.step(tok, token) {
+            // A tool call is held whole until its closing tag; stop strings do not apply inside.
+            Ok(Some(text)) if r.mode == Mode::ToolCall => r.pending.push_str(&text),
             Ok(Some(text)) => stopped = push_text(r, &text),
             Ok(None) => {}
             Err(e) => tracing::warn!("{e}"),
@@ -613,6 +647,38 @@ fn emit<C>(r: &Running<C>, text: String) {
     }
 }
 
+/// Parses the held `<tool_call>` body (Hermes-style JSON, as Qwen3's template asks for) into a
+/// tool-call event; a body that is not a call is passed through as content, tags included.
+fn end_tool_call<C>(r: &mut Running<C>, tok: &ChatTokenizer) {
+    if let Ok(Some(rest)) = r.detok.flush(tok) {
+        r.pending.push_str(&rest);
+    }
+    let body = std::mem::take(&mut r.pending);
+    r.mode = Mode::Content;
+    let parsed: Option<(String, String)> = serde_json::from_str::<serde_json::Value>(body.trim())
+        .ok()
+        .and_then(|v| {
+            let name = v.get("name")?.as_str()?.to_owned();
+            let args = match v.get("arguments") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(a) => crate::chat::python_json(a),
+                None => "{}".to_owned(),
+            };
+            Some((name, args))
+        });
+    match parsed {
+        Some((name, arguments)) => {
+            let _ = r.req.events.send(Event::ToolCall {
+                index: r.tool_calls,
+                name,
+                arguments,
+            });
+            r.tool_calls += 1;
+        }
+        None => emit(r, format!("<tool_call>{body}</tool_call>")),
+    }
+}
+
 /// Emits everything held for the current mode (at a `<think>` boundary or the end).
 fn flush_mode<C>(r: &mut Running<C>, tok: &ChatTokenizer) {
     if let Ok(Some(rest)) = r.detok.flush(tok) {
@@ -628,9 +694,22 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
             .generated
             .last()
             .is_some_and(|t| tok.stop_token_ids.contains(t));
+    if r.mode == Mode::ToolCall {
+        // An unterminated tool call is returned as the text it is.
+        if let Ok(Some(rest)) = r.detok.flush(tok) {
+            r.pending.push_str(&rest);
+        }
+        r.pending.insert_str(0, "<tool_call>");
+        r.mode = Mode::Content;
+    }
     if !stopped_by_string {
         flush_mode(&mut r, tok);
     }
+    let reason = if reason == FinishReason::Stop && r.tool_calls > 0 {
+        FinishReason::ToolCalls
+    } else {
+        reason
+    };
     let now = Instant::now();
     let m = &shared.metrics;
     m.e2e_request_latency
@@ -640,7 +719,7 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
         .observe(first.duration_since(r.admitted).as_secs_f64());
     m.request_decode_time
         .observe(now.duration_since(first).as_secs_f64());
-    m.request_finished(reason.as_str());
+    m.request_finished(reason.metric_label());
     tracing::info!(
         prompt_tokens = r.req.prompt.len(),
         completion_tokens = r.generated.len(),

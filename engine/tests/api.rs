@@ -976,3 +976,89 @@ async fn stopped_engine_answers_503() {
     let resp = call(&app.router, Method::GET, "/health", None).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn tool_calls_are_parsed_from_qwen3_tool_call_blocks() {
+    let t = tokenizer();
+    let mut script = t.encode("Let me check.").unwrap();
+    script.push(t.tool_call_start.unwrap());
+    script.extend(
+        t.encode("\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n")
+            .unwrap(),
+    );
+    script.push(t.tool_call_end.unwrap());
+    script.push(151645);
+    let app = app_with(script.clone(), sched(2, 4), Duration::ZERO);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let (status, v) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Weather in Paris?"), "tools": tools, "enable_thinking": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], "Let me check.");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], "{\"city\": \"Paris\"}");
+    assert!(call["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
+    assert_eq!(v["usage"]["completion_tokens"], script.len() as u64);
+
+    // Streaming: the call arrives as one tool_calls delta.
+    let (_, body) = post_stream(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Weather?"), "tools": tools, "stream": true}),
+    )
+    .await;
+    let chunks: Vec<Value> = sse_events(&body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0][0]["index"], 0);
+    assert_eq!(calls[0][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    // Without tools (or with tool_choice "none") the block is plain text.
+    let (_, v) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("x")}),
+    )
+    .await;
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("<tool_call>"));
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let (_, v) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("x"), "tools": tools, "tool_choice": "none"}),
+    )
+    .await;
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("get_weather"));
+    expect_error(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": user("x"), "tools": tools, "tool_choice": "required"}),
+        StatusCode::BAD_REQUEST,
+        Some("tool_choice"),
+    )
+    .await;
+}

@@ -169,6 +169,7 @@ fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
                         },
                         stop: vec![],
                         split_reasoning: true,
+                        parse_tool_calls: false,
                         events: tx,
                         arrival: Instant::now(),
                     })
@@ -188,7 +189,7 @@ fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
                                     return Ok((first.unwrap_or(now), now, usage.completion_tokens))
                                 }
                                 Event::Error(e) => anyhow::bail!("{e}"),
-                                Event::Delta { .. } => {}
+                                Event::Delta { .. } | Event::ToolCall { .. } => {}
                             }
                         }
                         anyhow::bail!("engine stopped")
