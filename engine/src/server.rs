@@ -50,7 +50,7 @@ pub struct Args {
     /// Context length (prompt + completion); default min(model limit, 8192).
     #[arg(long)]
     pub max_model_len: Option<usize>,
-    /// KV-cache budget in tokens over all running sequences (default max(32768, max-model-len)).
+    /// KV-cache budget in tokens over all running sequences (default max-num-seqs × max-model-len).
     #[arg(long)]
     pub kv_cache_tokens: Option<usize>,
     /// Most tokens (prompt chunks + decode tokens) in one forward step.
@@ -139,13 +139,23 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
             model.config().max_position_embeddings
         );
     }
+    let kv_per_token = model.config().kv_bytes_per_token();
     let sched = SchedulerConfig {
         max_num_seqs: args.max_num_seqs,
         max_queue: args.max_queue,
         max_model_len,
-        kv_cache_tokens: args.kv_cache_tokens.unwrap_or(max_model_len.max(32_768)),
+        // By default every slot can hold a full context; memory grows only with actual use.
+        kv_cache_tokens: args
+            .kv_cache_tokens
+            .unwrap_or(args.max_num_seqs.max(1) * max_model_len),
         max_num_batched_tokens: args.max_num_batched_tokens,
     };
+    tracing::info!(
+        "max_model_len {max_model_len}, KV budget {} tokens (at most {:.1} GiB at {} KiB per token)",
+        sched.kv_cache_tokens,
+        (sched.kv_cache_tokens * kv_per_token) as f64 / (1u64 << 30) as f64,
+        kv_per_token / 1024
+    );
     assemble(
         model,
         tokenizer,

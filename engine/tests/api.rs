@@ -1062,3 +1062,47 @@ async fn tool_calls_are_parsed_from_qwen3_tool_call_blocks() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn kv_budget_holds_requests_back_until_the_cache_frees() {
+    // Four slots but a 256-token KV budget: two requests reserving ~160 tokens each cannot run
+    // together, so the second waits although slots are free.
+    let mut cfg = sched(4, 4);
+    cfg.kv_cache_tokens = 256;
+    let app = app_with(vec![], cfg, Duration::from_millis(5));
+    let body = json!({"messages": user("Hi"), "stream": true, "max_tokens": 150});
+    let a = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(body.clone()),
+    )
+    .await;
+    let mut a_body = a.into_body();
+    a_body.frame().await.unwrap().unwrap();
+    let b = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(body),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(metric(&app, "vllm:num_requests_running{").await, 1.0);
+    assert_eq!(metric(&app, "vllm:num_requests_waiting{").await, 1.0);
+    let usage = metric(&app, "vllm:kv_cache_usage_perc{").await;
+    assert!(usage > 0.0 && usage < 1.0, "{usage}");
+    // Hanging up on A frees its reservation; B starts.
+    drop(a_body);
+    let mut b_body = b.into_body();
+    let first = b_body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.starts_with(b"data: ") || first.starts_with(b": keep-alive"));
+    for _ in 0..100 {
+        if metric(&app, "vllm:num_requests_waiting{").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&app, "vllm:num_requests_waiting{").await, 0.0);
+    assert_eq!(metric(&app, "vllm:num_requests_running{").await, 1.0);
+}
