@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import re
+import signal
 import sys
 import threading
 import time
@@ -44,7 +45,9 @@ def parse_args(argv):
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     stop.add_argument("--requests", type=int, default=None, metavar="N", help="stop after N requests")
-    p.add_argument("--clients", type=int, default=2, help="concurrent client threads (default %(default)s)")
+    # One client by default: the engine's dev build (what demo.sh builds) is quick for one sequence at a
+    # time but slow to decode several together; raise it against a release or real engine.
+    p.add_argument("--clients", type=int, default=1, help="concurrent client threads (default %(default)s)")
     p.add_argument("--interval", type=float, default=3.0, help="seconds between summaries (default %(default)s)")
     p.add_argument("--max-tokens", type=int, default=48, help="max_tokens per request (default %(default)s)")
     args = p.parse_args(argv)
@@ -68,9 +71,12 @@ def connection(url, timeout=120):
 
 def served_model(gateway):
     conn, prefix = connection(gateway, timeout=10)
-    conn.request("GET", prefix + "/v1/models")
-    r = conn.getresponse()
-    body = r.read()
+    try:
+        conn.request("GET", prefix + "/v1/models")
+        r = conn.getresponse()
+        body = r.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise SystemExit(f"demo.py: GET {gateway}/v1/models failed: {e} (is the gateway running?)")
     if r.status != 200:
         raise SystemExit(f"demo.py: GET /v1/models through the gateway answered {r.status}: {body[:200]!r}")
     return json.loads(body)["data"][0]["id"]
@@ -121,11 +127,13 @@ class Traffic:
                     if self.stop.is_set():
                         break  # Ctrl-C: leave mid-stream (the gateway counts a client_abort)
                 conn.close()
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
+                if self.stop.is_set():
+                    return
                 with self.lock:
                     self.failed += 1
                 if self.failed == 1:
-                    print(f"demo.py: request failed: {e}", file=sys.stderr)
+                    print(f"demo.py: request failed: {e!r}", file=sys.stderr)
                 time.sleep(0.5)
 
     def start(self):
@@ -236,7 +244,15 @@ def print_summary(elapsed, traffic, now, before, dt):
               f" {rate['reasoning']:>9.1f} {fmt_ms(quantile(0.5, buckets)):>9} {fmt_ms(quantile(0.95, buckets)):>8}")
 
 
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv):
+    # Ctrl-C and SIGTERM both end the demo with a last summary, even when started in the background
+    # (where SIGINT arrives ignored): demo.sh forwards its signals here.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     args = parse_args(argv)
     model = args.model or served_model(args.gateway)
     limit = f"{args.duration:g} s" if args.duration else (f"{args.requests} requests" if args.requests else "Ctrl-C")
@@ -249,7 +265,7 @@ def main(argv):
     before, t_before = {}, start
     try:
         before = summarise(scrape(args.metrics))
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:
         raise SystemExit(f"demo.py: cannot read {args.metrics}: {e}")
     traffic.start()
     try:
@@ -273,9 +289,16 @@ def main(argv):
             before, t_before = now, t_now
             if finished:
                 break
-    except KeyboardInterrupt:
+    except (OSError, http.client.HTTPException) as e:
         traffic.stop.set()
-        print("\ndemo: stopping (Ctrl-C)")
+        raise SystemExit(f"demo.py: reading {args.metrics} failed: {e!r}")
+    except KeyboardInterrupt:
+        # One interruption is enough: the terminal's Ctrl-C and demo.sh's forwarded one must not cut
+        # the last summary short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        traffic.stop.set()
+        print("\ndemo: stopping")
         for t in traffic.threads:
             t.join(timeout=5)
         try:
@@ -283,8 +306,8 @@ def main(argv):
             time.sleep(0.5)
             t_now = time.monotonic()
             print_summary(t_now - start, traffic, summarise(scrape(args.metrics)), before, t_now - t_before)
-        except (OSError, KeyboardInterrupt):
-            pass
+        except (OSError, http.client.HTTPException, KeyboardInterrupt) as e:
+            print(f"demo: no final summary: {e!r}")
     return 0
 
 

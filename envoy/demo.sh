@@ -22,9 +22,10 @@
 #      directory (logs are printed when a component fails to start)
 # Everything listens on 127.0.0.1 only.
 # Other options are passed to envoy/demo.py (--clients N, --interval SECONDS, --max-tokens N).
+# shellcheck disable=SC2317  # cleanup and stop_demo run from traps, which shellcheck does not follow
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^# Other options/p' "$0" | sed 's/^# \{0,1\}//'; }
 
 want_prometheus=0
 demo_args=()
@@ -103,15 +104,25 @@ cleanup() {
     [ "${#PIDS[@]}" -eq 0 ] || say "stopped ${NAMES[*]}"
     rm -rf "$TMP"
 }
+DEMO_PID=""
+# On Ctrl-C or SIGTERM: let demo.py print its last summary from the live gateway, then clean up.
+stop_demo() {
+    if [ -n "$DEMO_PID" ]; then
+        kill -INT "$DEMO_PID" 2>/dev/null || true
+        wait "$DEMO_PID" 2>/dev/null || true
+    fi
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'stop_demo; exit 130' INT
+trap 'stop_demo; exit 143' TERM
 
-# start NAME LOG CMD...: run CMD in the background, its output to LOG.
+# start NAME LOG CMD...: run CMD in the background, its output to LOG, in a session of its own so
+# that Ctrl-C reaches only this script and demo.py (which prints a last summary from the live
+# gateway); cleanup stops the components afterwards.
 start() {
     local name="$1" log="$2"
     shift 2
-    "$@" >"$log" 2>&1 &
+    setsid "$@" >"$log" 2>&1 &
     PIDS+=("$!")
     NAMES+=("$name")
 }
@@ -153,5 +164,12 @@ if [ "$want_prometheus" -eq 1 ]; then
     say "Prometheus: http://127.0.0.1:9090/graph  e.g. sum by (model) (rate(llm_tokens_total{token_type=\"output\"}[1m]))"
 fi
 
+# In the background so that this script's traps run at once on a signal (bash defers them while a
+# foreground command runs); demo.py handles SIGINT itself.
 python3 envoy/demo.py --gateway http://127.0.0.1:10000 --metrics http://127.0.0.1:9902/stats/prometheus \
-    "${demo_args[@]}"
+    "${demo_args[@]}" &
+DEMO_PID=$!
+status=0
+wait "$DEMO_PID" || status=$?
+DEMO_PID=""
+exit "$status"
