@@ -31,6 +31,23 @@ pub const REQUEST_LATENCY_BUCKETS: [f64; 21] = [
     480.0, 960.0, 1920.0, 7680.0,
 ];
 
+/// vLLM's `build_1_2_5_buckets(max_model_len)`: 1, 2, 5, 10, 20, 50, ... up to the context
+/// length, for the per-request token-count histograms.
+pub fn buckets_1_2_5(max: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut scale = 1usize;
+    loop {
+        for m in [1, 2, 5] {
+            let v = m * scale;
+            if v > max {
+                return out;
+            }
+            out.push(v as f64);
+        }
+        scale *= 10;
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     model_name: String,
@@ -58,10 +75,14 @@ pub struct Metrics {
     pub request_queue_time: Histogram,
     pub request_prefill_time: Histogram,
     pub request_decode_time: Histogram,
+    /// vLLM ≤ 0.10's name for inter-token latency, still used by its Grafana dashboard.
+    pub time_per_output_token: Histogram,
+    pub request_prompt_tokens: Histogram,
+    pub request_generation_tokens: Histogram,
 }
 
 impl Metrics {
-    pub fn new(model_name: &str, registry: &mut Registry) -> Self {
+    pub fn new(model_name: &str, max_model_len: usize, registry: &mut Registry) -> Self {
         let l = ModelLabels {
             model_name: model_name.to_owned(),
         };
@@ -86,6 +107,20 @@ impl Metrics {
         ) -> Histogram {
             let f = Family::<ModelLabels, Histogram, _>::new_with_constructor(move || {
                 Histogram::new(buckets.iter().copied())
+            });
+            r.register(name, help, f.clone());
+            let m = f.get_or_create(l).clone();
+            m
+        }
+        fn token_histogram(
+            r: &mut Registry,
+            name: &str,
+            help: &str,
+            l: &ModelLabels,
+            max_model_len: usize,
+        ) -> Histogram {
+            let f = Family::<ModelLabels, Histogram, _>::new_with_constructor(move || {
+                Histogram::new(buckets_1_2_5(max_model_len))
             });
             r.register(name, help, f.clone());
             let m = f.get_or_create(l).clone();
@@ -174,6 +209,27 @@ impl Metrics {
                 &l,
                 &REQUEST_LATENCY_BUCKETS,
             ),
+            time_per_output_token: histogram(
+                registry,
+                "vllm:time_per_output_token_seconds",
+                "Histogram of time per output token in seconds.",
+                &l,
+                &ITL_BUCKETS,
+            ),
+            request_prompt_tokens: token_histogram(
+                registry,
+                "vllm:request_prompt_tokens",
+                "Number of prefill tokens processed.",
+                &l,
+                max_model_len,
+            ),
+            request_generation_tokens: token_histogram(
+                registry,
+                "vllm:request_generation_tokens",
+                "Number of generation tokens processed.",
+                &l,
+                max_model_len,
+            ),
         }
     }
 
@@ -195,9 +251,9 @@ pub struct MetricsRegistry {
 }
 
 impl MetricsRegistry {
-    pub fn new(model_name: &str) -> Self {
+    pub fn new(model_name: &str, max_model_len: usize) -> Self {
         let mut registry = Registry::default();
-        let metrics = Metrics::new(model_name, &mut registry);
+        let metrics = Metrics::new(model_name, max_model_len, &mut registry);
         Self { registry, metrics }
     }
 
@@ -218,7 +274,12 @@ mod tests {
 
     #[test]
     fn exposition_uses_vllm_series_names_and_buckets() {
-        let r = MetricsRegistry::new("qwen3-tiny");
+        assert_eq!(
+            buckets_1_2_5(1000),
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
+        );
+        let r = MetricsRegistry::new("qwen3-tiny", 8192);
+        r.metrics.request_prompt_tokens.observe(9.0);
         r.metrics.prompt_tokens.inc_by(7);
         r.metrics.request_finished("stop");
         r.metrics.time_to_first_token.observe(0.03);
@@ -232,6 +293,9 @@ mod tests {
             "vllm:kv_cache_usage_perc{model_name=\"qwen3-tiny\"} 0.25",
             "vllm:num_requests_running{model_name=\"qwen3-tiny\"} 0",
             "vllm:request_decode_time_seconds_bucket{le=\"7680.0\",model_name=\"qwen3-tiny\"} 0",
+            "vllm:request_prompt_tokens_bucket{le=\"10.0\",model_name=\"qwen3-tiny\"} 1",
+            "vllm:request_prompt_tokens_bucket{le=\"5000.0\",model_name=\"qwen3-tiny\"} 1",
+            "vllm:time_per_output_token_seconds_count{model_name=\"qwen3-tiny\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -546,9 +546,11 @@ fn on_token<C>(
                 .observe(now.duration_since(r.req.arrival).as_secs_f64());
             r.first_token = Some(now);
         }
-        Some(prev) => m
-            .inter_token_latency
-            .observe(now.duration_since(prev).as_secs_f64()),
+        Some(prev) => {
+            let dt = now.duration_since(prev).as_secs_f64();
+            m.inter_token_latency.observe(dt);
+            m.time_per_output_token.observe(dt);
+        }
     }
     r.last_token = Some(now);
     r.generated.push(token);
@@ -720,6 +722,9 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
     m.request_decode_time
         .observe(now.duration_since(first).as_secs_f64());
     m.request_finished(reason.metric_label());
+    m.request_prompt_tokens.observe(r.req.prompt.len() as f64);
+    m.request_generation_tokens
+        .observe(r.generated.len() as f64);
     tracing::info!(
         prompt_tokens = r.req.prompt.len(),
         completion_tokens = r.generated.len(),

@@ -175,7 +175,7 @@ pub fn assemble<B: Backend>(
     keepalive: Duration,
 ) -> anyhow::Result<Built> {
     let max_model_len = sched.max_model_len;
-    let registry = Arc::new(MetricsRegistry::new(&model_name));
+    let registry = Arc::new(MetricsRegistry::new(&model_name, max_model_len));
     let engine = spawn(backend, tokenizer.clone(), sched, registry.metrics.clone())?;
     let state = Arc::new(AppState {
         engine,

@@ -138,7 +138,7 @@ fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
     use std::sync::Arc;
 
     let tok = Arc::new(ChatTokenizer::from_dir(&locate_tokenizer_dir(None)?)?);
-    let registry = qwen3_engine::metrics::MetricsRegistry::new("bench");
+    let registry = qwen3_engine::metrics::MetricsRegistry::new("bench", 4096);
     let max_streams = args.streams.iter().copied().max().unwrap_or(1);
     let engine = spawn(
         model,
