@@ -89,6 +89,14 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0")
 }
 
+/// Whether a start failed because a port from [`free_port`] was taken meanwhile (Envoy's and
+/// Prometheus' words for it, from the log tail in the error).
+fn port_clash(e: &anyhow::Error) -> bool {
+    format!("{e:#}")
+        .to_ascii_lowercase()
+        .contains("address already in use")
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped. Its stderr (and stdout unless
 /// the caller reads it) goes to a log file whose tail appears in error messages.
 pub struct Proc {
@@ -185,6 +193,21 @@ impl Envoy {
     /// Starts Envoy (`--concurrency 2`, two worker VMs) in front of `upstream_port` with the filter
     /// configuration `filter_config`, and waits until it is ready.
     pub async fn start(upstream_port: u16, filter_config: &str) -> Result<Envoy> {
+        // A port picked by free_port() can be taken by someone else before Envoy binds it; only
+        // that failure is retried, with new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Envoy::start_once(upstream_port, filter_config).await {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(upstream_port: u16, filter_config: &str) -> Result<Envoy> {
         let envoy = envoy_bin()?;
         let wasm = wasm_file()?;
         let dir = tempfile::Builder::new().prefix("e2e-envoy-").tempdir()?;
@@ -333,6 +356,17 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub async fn start(metrics_port: u16, engine_port: u16) -> Result<Prometheus> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Prometheus::start_once(metrics_port, engine_port).await {
+                Err(e) if attempt < 3 && port_clash(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(metrics_port: u16, engine_port: u16) -> Result<Prometheus> {
         let bin = prometheus_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("e2e-prometheus-")
