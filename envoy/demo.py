@@ -257,7 +257,7 @@ def main(argv):
     model = args.model or served_model(args.gateway)
     limit = f"{args.duration:g} s" if args.duration else (f"{args.requests} requests" if args.requests else "Ctrl-C")
     print(f"demo: sending chat completions for {model!r} through {args.gateway} "
-          f"(streaming and not, thinking on and off, {args.clients} clients) until {limit}")
+          f"(streaming and not, thinking on and off, {args.clients} client{'s' * (args.clients != 1)}) until {limit}")
     print(f"demo: summary from {args.metrics} every {args.interval:g} s "
           "(tokens/s over the last interval; TTFT quantiles since the start)")
     traffic = Traffic(args, model)
