@@ -47,7 +47,7 @@ def parse_args(argv):
     stop.add_argument("--requests", type=int, default=None, metavar="N", help="stop after N requests")
     # One client by default: the engine's dev build (what demo.sh builds) is quick for one sequence at a
     # time but slow to decode several together; raise it against a release or real engine.
-    p.add_argument("--clients", type=int, default=1, help="concurrent client threads (default %(default)s)")
+    p.add_argument("--clients", type=int, default=2, help="concurrent client threads (default %(default)s)")
     p.add_argument("--interval", type=float, default=3.0, help="seconds between summaries (default %(default)s)")
     p.add_argument("--max-tokens", type=int, default=48, help="max_tokens per request (default %(default)s)")
     args = p.parse_args(argv)
