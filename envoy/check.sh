@@ -132,7 +132,11 @@ POST /quitquitquit 404
 POST /logging?level=trace 404
 POST /reset_counters 404
 EOF
-    curl -fs "http://127.0.0.1:$metrics/stats/prometheus" | grep -q '^# TYPE envoy_server_uptime gauge' ||
+    # Read the whole page first: `curl | grep -q` fails under pipefail when grep exits before curl is
+    # done writing (curl then dies of SIGPIPE).
+    local page
+    page="$(curl -fs "http://127.0.0.1:$metrics/stats/prometheus")"
+    grep -q '^# TYPE envoy_server_uptime gauge' <<<"$page" ||
         { echo "no envoy_server_uptime in /stats/prometheus"; rc=1; }
     kill -0 "$pid" 2>/dev/null || { echo "envoy exited"; rc=1; }
     return $rc

@@ -66,7 +66,7 @@ apt_install() {
 
 # --- Rust target for the filter ---------------------------------------------------------------------
 have rustup || die "rustup not found: the filter needs a Rust toolchain installed with rustup"
-if rustup target list --installed | grep -qx wasm32-wasip1; then
+if grep -qx wasm32-wasip1 <<<"$(rustup target list --installed)"; then
     say "rust target wasm32-wasip1: present"
 else
     say "rustup target add wasm32-wasip1"
