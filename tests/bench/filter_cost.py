@@ -4,7 +4,8 @@
 Envoys run side by side from the same rendered envoy/envoy.yaml , both with --concurrency 1, in front of one local upstream that serves canned
 OpenAI-style responses. The workloads are driven through both in alternating rounds (A, B, B, A, ...),
 so background noise hits both alike, and each Envoy's on-CPU time is read from
-/proc/<pid>/task/*/schedstat (nanoseconds, all threads) around every round.
+/proc/<pid>/task/*/schedstat (nanoseconds, Envoy's worker thread, which runs every filter callback)
+around every round.
 
 Workloads: a non-streaming chat completion with a ~1 KiB JSON body; 16- and 256-event SSE streams
 paced 0.3 ms apart (so Envoy reads about one event per body callback, as with a real model); and a
@@ -12,7 +13,7 @@ paced 0.3 ms apart (so Envoy reads about one event per body callback, as with a 
 the filter watching no path (the fixed cost any wasm filter has), and with the filter on. Only Envoy's
 CPU is counted: the upstream and this client run in other processes.
 
-    python3 tests/bench/filter_cost.py            # full run (~1-2 minutes)
+    python3 tests/bench/filter_cost.py            # full run (a few minutes)
     python3 tests/bench/filter_cost.py --quick    # a few seconds, for smoke checks
 
 Needs .venv/bin/envoy (envoy/setup.sh) and the release .wasm
@@ -42,6 +43,9 @@ def free_port():
 
 class Upstream(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK stall each
+    # response ~40 ms, and Envoy's background work would then be spread over very few requests.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -111,9 +115,14 @@ def render(gateway, admin, metrics, upstream, filter_config):
 
 
 def cpu_ns(pid):
+    """On-CPU time of Envoy's worker threads (`wrk:*`), which run every filter callback. The main
+    thread's periodic work (stats flush, histogram merges) does not depend on the request count."""
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("wrk:"):
+                    continue
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 total += int(f.read().split()[0])
         except OSError:
@@ -148,6 +157,8 @@ WORKLOADS = {
 
 def drive(port, body, n):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.connect()
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     payload = json.dumps(body)
     for _ in range(n):
         c.request("POST", "/v1/chat/completions", payload, {"content-type": "application/json"})
