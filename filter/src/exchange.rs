@@ -50,7 +50,6 @@ pub struct Exchange {
     start_ns: u64,
     request: RequestBody,
     model: ModelId,
-    active: bool,
     stream_requested: Option<bool>,
     status: Option<u16>,
     sse: bool,
@@ -107,7 +106,6 @@ impl Exchange {
             start_ns: now_ns,
             request: RequestBody::Reading(Vec::new()),
             model: ModelId::UNKNOWN,
-            active: false,
             stream_requested: None,
             status: None,
             sse: false,
@@ -158,7 +156,6 @@ impl Exchange {
         };
         if buf.len() + chunk.len() > config.max_request_body_bytes {
             self.errors.insert(ErrorKind::RequestTooLarge);
-            self.request = RequestBody::Done;
             return self.decided(resolve(None));
         }
         if !end {
@@ -183,7 +180,6 @@ impl Exchange {
                 resolve(None)
             }
         };
-        self.request = RequestBody::Done;
         self.decided(model)
     }
 
@@ -196,9 +192,10 @@ impl Exchange {
         self.request_body(&[], true, config, resolve)
     }
 
+    /// The model label is decided: the request body is no longer read, and the exchange is in flight.
     fn decided(&mut self, model: ModelId) -> bool {
         self.model = model;
-        self.active = true;
+        self.request = RequestBody::Done;
         true
     }
 
@@ -332,7 +329,7 @@ impl Exchange {
             duration_ms: now_ns.saturating_sub(self.start_ns) / NANOS_PER_MILLI,
             tpot_us,
             errors: self.errors,
-            was_active: self.active,
+            was_active: matches!(self.request, RequestBody::Done),
         }
     }
 }
