@@ -430,6 +430,15 @@ fn status(s: Status) -> HostResult {
     Ok(s.code())
 }
 
+/// The status of a host call whose last step stored a result in guest memory.
+fn stored(written: bool) -> HostResult {
+    status(if written {
+        Status::Ok
+    } else {
+        Status::InvalidMemoryAccess
+    })
+}
+
 fn header_value<'m>(map: &'m [(String, String)], key: &str) -> Option<&'m str> {
     map.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
@@ -476,11 +485,7 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_log_level",
         |mut c: Ctx<'_>, ptr: i32| -> HostResult {
             // Trace: the filter formats every message, so logging paths run in tests too.
-            if write_u32(&mut c, ptr, 0) {
-                status(Status::Ok)
-            } else {
-                status(Status::InvalidMemoryAccess)
-            }
+            stored(write_u32(&mut c, ptr, 0))
         },
     )?;
 
@@ -489,11 +494,7 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "proxy_get_current_time_nanoseconds",
         |mut c: Ctx<'_>, ptr: i32| -> HostResult {
             let now = c.data().shared.clock.now_ns();
-            if write(&mut c, ptr, &now.to_le_bytes()) {
-                status(Status::Ok)
-            } else {
-                status(Status::InvalidMemoryAccess)
-            }
+            stored(write(&mut c, ptr, &now.to_le_bytes()))
         },
     )?;
 
@@ -631,11 +632,7 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 .get(&map)
                 .map(|pairs| pairs.iter().map(|(k, v)| k.len() + v.len()).sum())
                 .unwrap_or(0);
-            if write_u32(&mut c, size_ptr, size as u32) {
-                status(Status::Ok)
-            } else {
-                status(Status::InvalidMemoryAccess)
-            }
+            stored(write_u32(&mut c, size_ptr, size as u32))
         },
     )?;
 
@@ -788,11 +785,7 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             if s != Status::Ok {
                 return status(s);
             }
-            if write_u32(&mut c, cas_ptr, cas) {
-                status(Status::Ok)
-            } else {
-                status(Status::InvalidMemoryAccess)
-            }
+            stored(write_u32(&mut c, cas_ptr, cas))
         },
     )?;
 
@@ -908,11 +901,7 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let ids = &mut c.data_mut().metric_ids;
             ids.push((kind, full));
             let id = ids.len() as u32;
-            if write_u32(&mut c, id_ptr, id) {
-                status(Status::Ok)
-            } else {
-                status(Status::InvalidMemoryAccess)
-            }
+            stored(write_u32(&mut c, id_ptr, id))
         },
     )?;
 
@@ -948,13 +937,7 @@ fn add_proxy_wasm(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let value = lock(&c.data().shared.metrics).get(&name);
             match value {
                 Err(s) => status(s),
-                Ok(v) => {
-                    if write(&mut c, ptr, &v.to_le_bytes()) {
-                        status(Status::Ok)
-                    } else {
-                        status(Status::InvalidMemoryAccess)
-                    }
-                }
+                Ok(v) => stored(write(&mut c, ptr, &v.to_le_bytes())),
             }
         },
     )?;
