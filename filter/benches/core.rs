@@ -46,7 +46,7 @@ fn bench(c: &mut Criterion) {
             for (i, e) in events.iter().enumerate() {
                 ex.response_body(e, i == last, &config, &mut || i as u64);
             }
-            ex.finish(1, &mut || false)
+            ex.finish(1, &mut || 0)
         })
     });
     let joined: Vec<u8> = events.concat();
@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
             ex.request_body(REQUEST, true, &config, &mut |_| ModelId(2));
             ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
             ex.response_body(&joined, true, &config, &mut || 1);
-            ex.finish(1, &mut || false)
+            ex.finish(1, &mut || 0)
         })
     });
     g.finish();
@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
             ex.request_body(REQUEST, true, &config, &mut |_| ModelId(2));
             ex.response_headers(Some(200), Some("application/json"), None, false, &config);
             ex.response_body(body.as_bytes(), true, &config, &mut || 1);
-            ex.finish(1, &mut || false)
+            ex.finish(1, &mut || 0)
         })
     });
 }

@@ -20,6 +20,9 @@ use crate::openai::{self, Usage};
 use crate::sse::{self, Decoder, Item};
 
 const NANOS_PER_MILLI: u64 = 1_000_000;
+
+/// Envoy's response flag "downstream connection terminated" (`DC`), as both hosts report it.
+pub const RESPONSE_FLAG_DOWNSTREAM_DISCONNECT: u64 = 0x4000;
 const NANOS_PER_MICRO: u64 = 1_000;
 
 #[derive(Debug)]
@@ -283,13 +286,10 @@ impl Exchange {
         }
     }
 
-    /// Ends the exchange at `now_ns` (from `on_log`). `downstream_disconnected` is asked only when the
-    /// response did not end, to tell a client abort from an upstream one.
-    pub fn finish(
-        &mut self,
-        now_ns: u64,
-        downstream_disconnected: &mut dyn FnMut() -> bool,
-    ) -> Observation {
+    /// Ends the exchange at `now_ns` (from `on_log` or the stream-complete callback).
+    /// `response_flags` reads Envoy's response flags (a bit set, see [`RESPONSE_FLAG_DOWNSTREAM_DISCONNECT`]);
+    /// it is asked only when the response did not end, to tell a client abort from an upstream one.
+    pub fn finish(&mut self, now_ns: u64, response_flags: &mut dyn FnMut() -> u64) -> Observation {
         let outcome = if self.status.is_some_and(|s| s >= 400) || self.error_seen {
             Outcome::Error
         } else if self.response_ended {
@@ -298,7 +298,7 @@ impl Exchange {
             } else {
                 Outcome::UpstreamAbort
             }
-        } else if downstream_disconnected() {
+        } else if response_flags() & RESPONSE_FLAG_DOWNSTREAM_DISCONNECT != 0 {
             Outcome::ClientAbort
         } else {
             Outcome::UpstreamAbort

@@ -9,6 +9,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::*;
+
+const DC: u64 = RESPONSE_FLAG_DOWNSTREAM_DISCONNECT;
 use crate::model::{MemoryRegistry, ModelLabels};
 
 const MS: u64 = 1_000_000;
@@ -110,7 +112,7 @@ fn usage_from_the_final_chunk_replaces_the_estimate_and_sets_tpot() {
                 data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\n\
                 data: [DONE]\n\n";
     ex.response_body(tail.as_bytes(), true, &config, &mut || 300 * MS);
-    let obs = ex.finish(300 * MS, &mut || false);
+    let obs = ex.finish(300 * MS, &mut || 0);
     assert_eq!(
         token_ops(&obs),
         vec![
@@ -137,7 +139,7 @@ fn the_last_usage_wins_with_continuous_usage() {
         ex.response_body(e.as_bytes(), false, &config, &mut || n * MS);
     }
     ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
-    let obs = ex.finish(10 * MS, &mut || false);
+    let obs = ex.finish(10 * MS, &mut || 0);
     assert_eq!(
         token_ops(&obs),
         vec![
@@ -208,7 +210,7 @@ fn a_json_error_in_a_success_body_or_event_is_an_error() {
         &config,
         &mut || 0,
     );
-    assert_eq!(ex.finish(0, &mut || false).outcome, Outcome::Error);
+    assert_eq!(ex.finish(0, &mut || 0).outcome, Outcome::Error);
 
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
     chat_stream_request(&mut ex, &config);
@@ -220,7 +222,7 @@ fn a_json_error_in_a_success_body_or_event_is_an_error() {
         &config,
         &mut || 0,
     );
-    let obs = ex.finish(2 * MS, &mut || false);
+    let obs = ex.finish(2 * MS, &mut || 0);
     assert_eq!(
         (obs.outcome, obs.status),
         (Outcome::Error, StatusClass::S2xx)
@@ -234,10 +236,7 @@ fn a_stream_that_ends_without_its_end_marker_is_an_upstream_abort() {
     chat_stream_request(&mut ex, &config);
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
     ex.response_body(content_event("a").as_bytes(), true, &config, &mut || MS);
-    assert_eq!(
-        ex.finish(2 * MS, &mut || false).outcome,
-        Outcome::UpstreamAbort
-    );
+    assert_eq!(ex.finish(2 * MS, &mut || 0).outcome, Outcome::UpstreamAbort);
 }
 
 #[test]
@@ -251,7 +250,7 @@ fn no_end_of_response_is_a_client_or_upstream_abort_by_the_flags() {
         chat_stream_request(&mut ex, &config);
         ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
         ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
-        let obs = ex.finish(9 * MS, &mut || dc);
+        let obs = ex.finish(9 * MS, &mut || if dc { DC } else { 0 });
         assert_eq!(obs.outcome, want);
         assert_eq!(obs.duration_ms, 9);
         assert_eq!(
@@ -261,7 +260,7 @@ fn no_end_of_response_is_a_client_or_upstream_abort_by_the_flags() {
     }
     // No response at all.
     let mut ex = Exchange::new(Api::Embeddings, 0);
-    let obs = ex.finish(MS, &mut || true);
+    let obs = ex.finish(MS, &mut || DC);
     assert_eq!(
         (obs.outcome, obs.status, obs.model),
         (Outcome::ClientAbort, StatusClass::None, ModelId::UNKNOWN)
@@ -303,7 +302,7 @@ fn an_oversized_request_is_counted_and_gets_the_unknown_model() {
     assert!(ex.request_body(b"\"a-long-model-name\"}", true, &config, &mut resolve));
     assert!(!ex.wants_request_body());
     ex.response_headers(Some(200), Some("text/event-stream"), None, true, &config);
-    let obs = ex.finish(0, &mut || false);
+    let obs = ex.finish(0, &mut || 0);
     assert!(obs.errors.contains(ErrorKind::RequestTooLarge));
     assert!(obs.streaming, "falls back to the response's content type");
     assert!(obs.was_active);
@@ -317,7 +316,7 @@ fn an_unreadable_request_is_a_request_parse_error() {
         assert_eq!(m, None);
         ModelId::UNKNOWN
     }));
-    let obs = ex.finish(0, &mut || false);
+    let obs = ex.finish(0, &mut || 0);
     assert_eq!(
         obs.errors.iter().collect::<Vec<_>>(),
         vec![ErrorKind::RequestParse]
@@ -338,7 +337,7 @@ fn an_encoded_response_is_counted_and_not_read() {
     );
     assert!(!ex.wants_response_body());
     ex.response_end();
-    let obs = ex.finish(0, &mut || false);
+    let obs = ex.finish(0, &mut || 0);
     assert_eq!(
         obs.errors.iter().collect::<Vec<_>>(),
         vec![ErrorKind::EncodedBody]
@@ -367,7 +366,7 @@ fn an_oversized_json_response_is_counted_and_dropped() {
     ex.response_headers(Some(200), Some("application/json"), None, false, &config);
     ex.response_body(b"{\"usage\":", false, &config, &mut || 0);
     ex.response_body(b"{\"prompt_tokens\":1}}", true, &config, &mut || 0);
-    let obs = ex.finish(0, &mut || false);
+    let obs = ex.finish(0, &mut || 0);
     assert_eq!(
         obs.errors.iter().collect::<Vec<_>>(),
         vec![ErrorKind::ResponseTooLarge]
@@ -393,7 +392,7 @@ fn an_oversized_event_is_counted_once_and_later_events_still_count() {
     });
     ex.response_body(content_event("y").as_bytes(), false, &config, &mut || MS);
     ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
-    let obs = ex.finish(MS, &mut || false);
+    let obs = ex.finish(MS, &mut || 0);
     assert_eq!(
         obs.errors.iter().collect::<Vec<_>>(),
         vec![ErrorKind::EventTooLarge]
@@ -419,7 +418,7 @@ fn the_op_list_never_holds_a_zero_counter_and_lowers_the_gauge_once() {
         &config,
         &mut || 0,
     );
-    let obs = ex.finish(MS, &mut || false);
+    let obs = ex.finish(MS, &mut || 0);
     let all = ops(&obs);
     assert!(all.iter().all(|(_, op)| *op != Op::Add(0)));
     assert_eq!(token_ops(&obs), vec![]);
@@ -441,7 +440,7 @@ fn a_single_token_stream_has_ttft_but_no_tpot() {
         42 * MS
     });
     ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
-    let obs = ex.finish(50 * MS, &mut || false);
+    let obs = ex.finish(50 * MS, &mut || 0);
     assert_eq!((obs.ttft_ms, obs.tpot_us), (Some(42), None));
 }
 
@@ -590,7 +589,7 @@ fn replay(f: &Fixture, chunks: &[&[u8]]) -> BTreeMap<String, u64> {
     if complete && (chunks.is_empty() || !ex.wants_response_body()) {
         ex.response_end();
     }
-    let obs = ex.finish(t + MS, &mut || f.end == "client_abort");
+    let obs = ex.finish(t + MS, &mut || if f.end == "client_abort" { DC } else { 0 });
     let mut gauge = 0i64;
     obs.for_each_op(&mut |series, op| {
         let name = series.stat_name(labels.name(series.model().unwrap_or(ModelId::UNKNOWN)));
@@ -674,7 +673,7 @@ proptest! {
         let (a, b) = body.split_at(cut.index(body.len() + 1));
         ex.response_body(a, false, &config, &mut || 1);
         ex.response_body(b, true, &config, &mut || 2);
-        let obs = ex.finish(3, &mut || false);
+        let obs = ex.finish(3, &mut || 0);
         obs.for_each_op(&mut |_, op| assert_ne!(op, Op::Add(0)));
     }
 }

@@ -93,9 +93,6 @@ const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
 const MAP_HTTP_RESPONSE_HEADERS: u32 = 2;
 
-/// Envoy's response flag for "downstream connection terminated" (DC).
-const RESPONSE_FLAG_DOWNSTREAM_DISCONNECT: u64 = 0x4000;
-
 /// The shared-data key of the process-wide set of admitted model names.
 const MODELS_KEY: &str = "llm-metrics-filter.models.v1";
 /// Attempts at the compare-and-set that admits a model name before giving up for this request.
@@ -463,8 +460,7 @@ impl HttpContext for Filter {
             return;
         };
         let observation = ex.finish(now_ns(), &mut || {
-            get_u64_property(&["response", "flags"])
-                .is_some_and(|f| f & RESPONSE_FLAG_DOWNSTREAM_DISCONNECT != 0)
+            get_u64_property(&["response", "flags"]).unwrap_or(0)
         });
         observation.for_each_op(&mut |series, op| vm.apply(series, op));
     }

@@ -1,7 +1,8 @@
 //! # llm-metrics-filter
 //!
-//! A proxy-wasm HTTP filter for Envoy that watches OpenAI-compatible LLM traffic — chat completions,
-//! completions, embeddings and the Responses API, streamed (SSE) or not — and reports per-model
+//! An HTTP filter for Envoy, built as a proxy-wasm module and as a native Envoy dynamic module, that
+//! watches OpenAI-compatible LLM traffic — chat completions, completions, embeddings and the
+//! Responses API, streamed (SSE) or not — and reports per-model
 //! requests, tokens, time to first token, time per output token, duration, outcomes and requests in
 //! flight through Envoy's own stats, which Prometheus scrapes from `/stats/prometheus`.
 //!
@@ -16,9 +17,12 @@
 //! - [`metrics`]: the public metrics contract (names, labels, tag encoding) and observation → stat ops.
 //! - [`model`]: the bounded `model` label (sanitising, allowlist, process-wide cap).
 //! - [`config`]: the strict JSON plugin configuration.
-//! - `host` (wasm32 only): the one module that talks to the proxy-wasm host.
+//! - `host` (wasm32 only): the shell that talks to Envoy through the proxy-wasm ABI.
+//! - `dynamic_module` (native, feature `dynamic-module`): the shell that talks to Envoy as a dynamic
+//!   module (`libllm_metrics_filter.so`), the lowest-cost build.
 //!
-//! Everything except `host` is plain Rust, unit-tested natively:
+//! Both shells feed the same core and emit the same series. Everything except the shells is plain
+//! Rust, unit-tested natively:
 //!
 //! ```
 //! use llm_metrics_filter::{config::Config, exchange::Exchange, metrics::{Api, Outcome}, model::ModelId};
@@ -29,7 +33,7 @@
 //! ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
 //! ex.response_body(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n", false, &config, &mut || 150_000_000);
 //! ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 160_000_000);
-//! let obs = ex.finish(170_000_000, &mut || false);
+//! let obs = ex.finish(170_000_000, &mut || 0);
 //! assert_eq!(obs.outcome, Outcome::Completed);
 //! assert_eq!(obs.ttft_ms, Some(150));
 //! ```
@@ -43,3 +47,6 @@ pub mod sse;
 
 #[cfg(target_arch = "wasm32")]
 mod host;
+
+#[cfg(all(feature = "dynamic-module", not(target_arch = "wasm32")))]
+pub mod dynamic_module;

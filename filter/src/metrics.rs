@@ -198,6 +198,91 @@ pub enum MetricType {
     Histogram,
 }
 
+/// A metric: one name, one type, one fixed list of label names. The dynamic-module build defines
+/// each once (with its label names) and passes label values per update; the proxy-wasm build
+/// encodes names and values into one stat name per series ([`Series::stat_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Requests,
+    Tokens,
+    TimeToFirstToken,
+    RequestDuration,
+    TimePerOutputToken,
+    ActiveRequests,
+    FilterErrors,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 7] = [
+        Metric::Requests,
+        Metric::Tokens,
+        Metric::TimeToFirstToken,
+        Metric::RequestDuration,
+        Metric::TimePerOutputToken,
+        Metric::ActiveRequests,
+        Metric::FilterErrors,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Metric::Requests => REQUESTS_TOTAL,
+            Metric::Tokens => TOKENS_TOTAL,
+            Metric::TimeToFirstToken => TIME_TO_FIRST_TOKEN_MS,
+            Metric::RequestDuration => REQUEST_DURATION_MS,
+            Metric::TimePerOutputToken => TIME_PER_OUTPUT_TOKEN_US,
+            Metric::ActiveRequests => ACTIVE_REQUESTS,
+            Metric::FilterErrors => FILTER_ERRORS_TOTAL,
+        }
+    }
+
+    pub const fn metric_type(self) -> MetricType {
+        match self {
+            Metric::Requests | Metric::Tokens | Metric::FilterErrors => MetricType::Counter,
+            Metric::ActiveRequests => MetricType::Gauge,
+            Metric::TimeToFirstToken | Metric::RequestDuration | Metric::TimePerOutputToken => {
+                MetricType::Histogram
+            }
+        }
+    }
+
+    /// The label names of this metric, in the order they appear in stat names and in
+    /// [`Series::label_values`].
+    pub const fn label_names(self) -> &'static [&'static str] {
+        match self {
+            Metric::Requests => &["model", "api", "streaming", "status_class", "outcome"],
+            Metric::Tokens => &["model", "api", "token_type", "source"],
+            Metric::TimeToFirstToken | Metric::TimePerOutputToken | Metric::ActiveRequests => {
+                &["model", "api"]
+            }
+            Metric::RequestDuration => &["model", "api", "streaming"],
+            Metric::FilterErrors => &["kind"],
+        }
+    }
+}
+
+/// Most labels any metric has.
+pub const MAX_LABELS: usize = 5;
+
+/// The label values of one series (see [`Series::label_values`]); no allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LabelValues<'a> {
+    values: [&'a str; MAX_LABELS],
+    len: usize,
+}
+
+impl<'a> LabelValues<'a> {
+    fn set<const N: usize>(&mut self, values: [&'a str; N]) {
+        for (slot, v) in self.values.iter_mut().zip(values) {
+            *slot = v;
+        }
+        self.len = N.min(MAX_LABELS);
+    }
+
+    pub fn as_slice(&self) -> &[&'a str] {
+        self.values.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// One stat series: a metric and its label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Series {
@@ -263,27 +348,11 @@ const fn bool_label(b: bool) -> &'static str {
 
 impl Series {
     pub const fn name(&self) -> &'static str {
-        match self {
-            Series::Requests { .. } => REQUESTS_TOTAL,
-            Series::Tokens { .. } => TOKENS_TOTAL,
-            Series::TimeToFirstToken { .. } => TIME_TO_FIRST_TOKEN_MS,
-            Series::RequestDuration { .. } => REQUEST_DURATION_MS,
-            Series::TimePerOutputToken { .. } => TIME_PER_OUTPUT_TOKEN_US,
-            Series::ActiveRequests { .. } => ACTIVE_REQUESTS,
-            Series::FilterErrors { .. } => FILTER_ERRORS_TOTAL,
-        }
+        self.metric().name()
     }
 
     pub const fn metric_type(&self) -> MetricType {
-        match self {
-            Series::Requests { .. } | Series::Tokens { .. } | Series::FilterErrors { .. } => {
-                MetricType::Counter
-            }
-            Series::ActiveRequests { .. } => MetricType::Gauge,
-            Series::TimeToFirstToken { .. }
-            | Series::RequestDuration { .. }
-            | Series::TimePerOutputToken { .. } => MetricType::Histogram,
-        }
+        self.metric().metric_type()
     }
 
     /// A compact key that identifies the series within one VM (model ids are VM-local).
@@ -327,14 +396,23 @@ impl Series {
         metric | labels << 4 | u64::from(model.0) << 32
     }
 
-    /// The full Envoy stat name, labels first (`model=.=X;.;api=.=Y;.;llm_requests_total`).
-    /// `model_name` is the label value of this series' model id.
-    pub fn stat_name(&self, model_name: &str) -> String {
-        let mut out = String::with_capacity(160);
-        let mut tag = |name: &str, value: &str| {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{name}=.={value};.;");
-        };
+    /// The metric this series belongs to.
+    pub const fn metric(&self) -> Metric {
+        match self {
+            Series::Requests { .. } => Metric::Requests,
+            Series::Tokens { .. } => Metric::Tokens,
+            Series::TimeToFirstToken { .. } => Metric::TimeToFirstToken,
+            Series::RequestDuration { .. } => Metric::RequestDuration,
+            Series::TimePerOutputToken { .. } => Metric::TimePerOutputToken,
+            Series::ActiveRequests { .. } => Metric::ActiveRequests,
+            Series::FilterErrors { .. } => Metric::FilterErrors,
+        }
+    }
+
+    /// The label values, in the order of [`Metric::label_names`]. `model_name` is the label value of
+    /// this series' model id. Unused trailing slots are empty.
+    pub fn label_values<'a>(&self, model_name: &'a str) -> LabelValues<'a> {
+        let mut v = LabelValues::default();
         match *self {
             Series::Requests {
                 api,
@@ -342,33 +420,36 @@ impl Series {
                 status,
                 outcome,
                 ..
-            } => {
-                tag("model", model_name);
-                tag("api", api.label());
-                tag("streaming", bool_label(streaming));
-                tag("status_class", status.label());
-                tag("outcome", outcome.label());
-            }
+            } => v.set([
+                model_name,
+                api.label(),
+                bool_label(streaming),
+                status.label(),
+                outcome.label(),
+            ]),
             Series::Tokens {
                 api, token, source, ..
-            } => {
-                tag("model", model_name);
-                tag("api", api.label());
-                tag("token_type", token.label());
-                tag("source", source.label());
-            }
+            } => v.set([model_name, api.label(), token.label(), source.label()]),
             Series::TimeToFirstToken { api, .. }
             | Series::TimePerOutputToken { api, .. }
-            | Series::ActiveRequests { api, .. } => {
-                tag("model", model_name);
-                tag("api", api.label());
-            }
+            | Series::ActiveRequests { api, .. } => v.set([model_name, api.label()]),
             Series::RequestDuration { api, streaming, .. } => {
-                tag("model", model_name);
-                tag("api", api.label());
-                tag("streaming", bool_label(streaming));
+                v.set([model_name, api.label(), bool_label(streaming)])
             }
-            Series::FilterErrors { kind } => tag("kind", kind.label()),
+            Series::FilterErrors { kind } => v.set([kind.label()]),
+        }
+        v
+    }
+
+    /// The full Envoy stat name of the proxy-wasm build, labels first
+    /// (`model=.=X;.;api=.=Y;.;llm_requests_total`). `model_name` is the label value of this series'
+    /// model id.
+    pub fn stat_name(&self, model_name: &str) -> String {
+        let mut out = String::with_capacity(160);
+        let values = self.label_values(model_name);
+        for (name, value) in self.metric().label_names().iter().zip(values.as_slice()) {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{name}=.={value};.;");
         }
         out.push_str(self.name());
         out
@@ -514,6 +595,18 @@ mod tests {
                 if let Some((label, _)) = segment.split_once("=.=") {
                     assert!(LABEL_NAMES.contains(&label), "{label} in {name}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_series_has_one_value_per_label_of_its_metric() {
+        for s in all_series() {
+            let names = s.metric().label_names();
+            assert_eq!(s.label_values("m").as_slice().len(), names.len(), "{s:?}");
+            assert!(names.len() <= MAX_LABELS);
+            for n in names {
+                assert!(LABEL_NAMES.contains(n), "{n}");
             }
         }
     }

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Longest model label, in bytes.
 pub const MAX_MODEL_LABEL_BYTES: usize = 64;
@@ -76,7 +77,7 @@ pub trait Registry {
 pub struct ModelLabels {
     allowlist: bool,
     max_models: usize,
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
     ids: HashMap<String, ModelId>,
     rejected: usize,
 }
@@ -87,7 +88,7 @@ impl ModelLabels {
         let mut labels = ModelLabels {
             allowlist: !allow.is_empty(),
             max_models,
-            names: vec!["unknown".to_owned(), "other".to_owned()],
+            names: vec![Arc::from("unknown"), Arc::from("other")],
             ids: HashMap::new(),
             rejected: 0,
         };
@@ -105,16 +106,22 @@ impl ModelLabels {
             return ModelId::OTHER;
         };
         let id = ModelId(n);
-        self.names.push(name.to_owned());
+        self.names.push(Arc::from(name));
         self.ids.insert(name.to_owned(), id);
         id
     }
 
     /// The label value of an id.
     pub fn name(&self, id: ModelId) -> &str {
+        self.names.get(usize::from(id.0)).map_or("other", |n| n)
+    }
+
+    /// The label value of an id, as a shared string a host can keep beyond a lock on `self`.
+    pub fn shared_name(&self, id: ModelId) -> Arc<str> {
         self.names
             .get(usize::from(id.0))
-            .map_or("other", String::as_str)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("other"))
     }
 
     /// The label id for a request's `model` (`None`: the request had no usable model).

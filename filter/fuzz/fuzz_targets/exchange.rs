@@ -20,6 +20,6 @@ fuzz_target!(|input: &[u8]| {
     let (a, b) = resp.split_at(cut.min(resp.len()));
     ex.response_body(a, false, &config, &mut || 20);
     ex.response_body(b, flags & 8 == 8, &config, &mut || 30);
-    let obs = ex.finish(40, &mut || flags & 16 == 16);
+    let obs = ex.finish(40, &mut || u64::from(flags) << 10);
     obs.for_each_op(&mut |_, op| assert_ne!(op, Op::Add(0)));
 });

@@ -1,0 +1,860 @@
+//! The native host shell: the same core as [`crate::host`] (the proxy-wasm shell), loaded by Envoy
+//! 1.40 as a dynamic module (`envoy.filters.http.dynamic_modules`, `libllm_metrics_filter.so`).
+//!
+//! Why a second shell: a proxy-wasm filter pays V8's per-callback floor and copies every body chunk
+//! into the VM. Here Envoy calls plain C functions on its worker threads and the filter reads body
+//! slices in place, so the filter's cost is its own parsing plus a few direct calls.
+//!
+//! It turns Envoy's event hooks (`envoy_dynamic_module_on_*`) into calls on the pure core
+//! ([`Exchange`]) and [`Observation`]s into Envoy stats through the callbacks Envoy exports
+//! (`envoy_dynamic_module_callback_*`). The declarations in [`abi`] are written from the ABI header
+//! of Envoy v1.40.0 (`source/extensions/dynamic_modules/abi/abi.h`); the end-to-end tests prove them
+//! against the real binary.
+//!
+//! What differs from the wasm shell, and why:
+//! - Stats are defined once per metric at configuration time with their label names, and each update
+//!   passes label values: Envoy tags them natively, no `stats_tags` needed. With the runtime flag
+//!   `envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix` they come out of
+//!   `/stats/prometheus` under exactly the wasm build's names (see `envoy/envoy-dynamic-module.yaml`).
+//! - The process-wide model cap lives in this library's memory ([`PROCESS_MODELS`]), shared by every
+//!   worker thread and every filter configuration, as proxy-wasm shared data is for the wasm build.
+//! - The clock is the process's monotonic clock: no host call.
+//! - End-of-stream accounting runs in the stream-complete hook (in 1.40 `destroy` comes after the
+//!   stream is gone).
+//! - Nothing may unwind into Envoy: every hook runs behind [`guard`]; a panic (there should be none:
+//!   the crate denies unwrap/expect/panic/indexing) drops that stream's observation and nothing else.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::exchange::Exchange;
+use crate::metrics::{Metric, MetricType, Op, Series, MAX_LABELS};
+use crate::model::{list_append, list_contains, Admission, ModelId, ModelLabels, Registry};
+
+/// The Envoy 1.40 dynamic-module ABI: the few types, hooks and callbacks this shell uses, declared
+/// from the v1.40.0 header. C enums are `int`-sized; statuses are plain integers here so that a value
+/// Envoy adds later cannot become an invalid Rust enum.
+#[allow(non_camel_case_types)]
+pub mod abi {
+    use std::ffi::c_void;
+
+    /// The ABI version Envoy 1.40 checks (it logs "Dynamic module ABI version v0.2.0 matched.").
+    pub const ABI_VERSION: &std::ffi::CStr = c"v0.2.0";
+
+    pub type FilterConfigEnvoyPtr = *mut c_void;
+    pub type FilterConfigModulePtr = *const c_void;
+    pub type FilterEnvoyPtr = *mut c_void;
+    pub type FilterModulePtr = *const c_void;
+
+    /// A buffer Envoy owns (`envoy_dynamic_module_type_envoy_buffer`).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct EnvoyBuffer {
+        pub ptr: *const u8,
+        pub length: usize,
+    }
+
+    impl EnvoyBuffer {
+        pub const EMPTY: EnvoyBuffer = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+
+        /// # Safety
+        /// The buffer must be one Envoy filled in during the current hook.
+        pub unsafe fn as_bytes<'a>(self) -> &'a [u8] {
+            if self.ptr.is_null() || self.length == 0 {
+                &[]
+            } else {
+                std::slice::from_raw_parts(self.ptr, self.length)
+            }
+        }
+    }
+
+    /// A buffer the module owns (`envoy_dynamic_module_type_module_buffer`).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct ModuleBuffer {
+        pub ptr: *const u8,
+        pub length: usize,
+    }
+
+    impl ModuleBuffer {
+        pub const EMPTY: ModuleBuffer = ModuleBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+
+        pub fn of(s: &str) -> ModuleBuffer {
+            ModuleBuffer {
+                ptr: s.as_ptr(),
+                length: s.len(),
+            }
+        }
+    }
+
+    /// `envoy_dynamic_module_type_http_header_type`.
+    pub const REQUEST_HEADER: u32 = 0;
+    pub const RESPONSE_HEADER: u32 = 2;
+    /// `envoy_dynamic_module_type_http_body_type`.
+    pub const RECEIVED_REQUEST_BODY: u32 = 0;
+    pub const RECEIVED_RESPONSE_BODY: u32 = 2;
+    /// `envoy_dynamic_module_type_attribute_id_ResponseFlags`.
+    pub const ATTRIBUTE_RESPONSE_FLAGS: u32 = 17;
+    /// `envoy_dynamic_module_type_log_level`.
+    pub const LOG_INFO: u32 = 2;
+    pub const LOG_ERROR: u32 = 4;
+    /// `envoy_dynamic_module_type_metrics_result_Success`.
+    pub const METRICS_SUCCESS: u32 = 0;
+    /// `..._on_http_filter_*_status_Continue` (every filter status enum starts with it).
+    pub const CONTINUE: u32 = 0;
+
+    extern "C" {
+        pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+
+        pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+            config: FilterConfigEnvoyPtr,
+            name: ModuleBuffer,
+            label_names: *const ModuleBuffer,
+            label_names_length: usize,
+            id: *mut usize,
+        ) -> u32;
+        pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+            config: FilterConfigEnvoyPtr,
+            name: ModuleBuffer,
+            label_names: *const ModuleBuffer,
+            label_names_length: usize,
+            id: *mut usize,
+        ) -> u32;
+        pub fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+            config: FilterConfigEnvoyPtr,
+            name: ModuleBuffer,
+            label_names: *const ModuleBuffer,
+            label_names_length: usize,
+            id: *mut usize,
+        ) -> u32;
+
+        pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
+            filter: FilterEnvoyPtr,
+            id: usize,
+            label_values: *const ModuleBuffer,
+            label_values_length: usize,
+            value: u64,
+        ) -> u32;
+        pub fn envoy_dynamic_module_callback_http_filter_increment_gauge(
+            filter: FilterEnvoyPtr,
+            id: usize,
+            label_values: *const ModuleBuffer,
+            label_values_length: usize,
+            value: u64,
+        ) -> u32;
+        pub fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
+            filter: FilterEnvoyPtr,
+            id: usize,
+            label_values: *const ModuleBuffer,
+            label_values_length: usize,
+            value: u64,
+        ) -> u32;
+        pub fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+            filter: FilterEnvoyPtr,
+            id: usize,
+            label_values: *const ModuleBuffer,
+            label_values_length: usize,
+            value: u64,
+        ) -> u32;
+
+        pub fn envoy_dynamic_module_callback_http_get_header(
+            filter: FilterEnvoyPtr,
+            header_type: u32,
+            key: ModuleBuffer,
+            result: *mut EnvoyBuffer,
+            index: usize,
+            optional_size: *mut usize,
+        ) -> bool;
+
+        pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+            filter: FilterEnvoyPtr,
+            body_type: u32,
+        ) -> usize;
+        pub fn envoy_dynamic_module_callback_http_get_body_chunks(
+            filter: FilterEnvoyPtr,
+            body_type: u32,
+            result: *mut EnvoyBuffer,
+        ) -> bool;
+
+        pub fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+            filter: FilterEnvoyPtr,
+            attribute_id: u32,
+            result: *mut u64,
+        ) -> bool;
+    }
+}
+
+use abi::{EnvoyBuffer, FilterEnvoyPtr, ModuleBuffer};
+
+/// Runs a hook body; a panic is caught (it must not unwind into Envoy) and yields `fallback`.
+fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+fn log(level: u32, message: &str) {
+    // SAFETY: the buffer describes a live string for the duration of the call.
+    unsafe { abi::envoy_dynamic_module_callback_log(level, ModuleBuffer::of(message)) };
+}
+
+/// Nanoseconds on the process's monotonic clock (only differences matter to the core).
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The process-wide set of admitted model names, in the same `\n`-separated format the wasm build
+/// keeps in proxy-wasm shared data (see [`crate::model`]). Every worker and every filter
+/// configuration in the process shares it, so `max_models` bounds the whole process as in the wasm
+/// build.
+static PROCESS_MODELS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct ProcessRegistry;
+
+impl Registry for ProcessRegistry {
+    fn admit(&mut self, name: &str, max: usize) -> Admission {
+        let Ok(mut list) = PROCESS_MODELS.lock() else {
+            return Admission::Unavailable;
+        };
+        match list_contains(&list, name) {
+            (true, _) => Admission::Admitted,
+            (false, n) if n >= max => Admission::Full,
+            (false, _) => {
+                *list = list_append(&list, name);
+                Admission::Admitted
+            }
+        }
+    }
+}
+
+/// One filter configuration (one `filter_config` in Envoy), shared by every worker thread.
+struct FilterConfig {
+    config: Config,
+    labels: Mutex<ModelLabels>,
+    /// Envoy's metric id per [`Metric`], in [`Metric::ALL`] order.
+    metric_ids: [usize; Metric::ALL.len()],
+}
+
+impl FilterConfig {
+    fn new(envoy: abi::FilterConfigEnvoyPtr, config: Config) -> Result<FilterConfig, String> {
+        let mut metric_ids = [0usize; Metric::ALL.len()];
+        for (slot, metric) in metric_ids.iter_mut().zip(Metric::ALL) {
+            let mut names = [ModuleBuffer::EMPTY; MAX_LABELS];
+            for (b, n) in names.iter_mut().zip(metric.label_names()) {
+                *b = ModuleBuffer::of(n);
+            }
+            let define = match metric.metric_type() {
+                MetricType::Counter => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_define_counter
+                }
+                MetricType::Gauge => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_define_gauge
+                }
+                MetricType::Histogram => {
+                    abi::envoy_dynamic_module_callback_http_filter_config_define_histogram
+                }
+            };
+            // SAFETY: `envoy` is the config pointer Envoy passed to config_new; the name and label
+            // buffers outlive the call; `slot` is a live out-value.
+            let status = unsafe {
+                define(
+                    envoy,
+                    ModuleBuffer::of(metric.name()),
+                    names.as_ptr(),
+                    metric.label_names().len(),
+                    slot,
+                )
+            };
+            if status != abi::METRICS_SUCCESS {
+                return Err(format!(
+                    "cannot define metric {} (status {status})",
+                    metric.name()
+                ));
+            }
+        }
+        Ok(FilterConfig {
+            labels: Mutex::new(ModelLabels::new(&config.models, config.max_models)),
+            config,
+            metric_ids,
+        })
+    }
+
+    fn metric_id(&self, metric: Metric) -> usize {
+        let index = Metric::ALL
+            .iter()
+            .position(|m| *m == metric)
+            .unwrap_or_default();
+        self.metric_ids.get(index).copied().unwrap_or_default()
+    }
+
+    /// The label id and label value for a request's `model`.
+    fn resolve_model(&self, raw: Option<&str>) -> (ModelId, Arc<str>) {
+        match self.labels.lock() {
+            Ok(mut labels) => {
+                let id = labels.resolve(raw, &mut ProcessRegistry);
+                (id, labels.shared_name(id))
+            }
+            Err(_) => (ModelId::OTHER, Arc::from("other")),
+        }
+    }
+}
+
+/// One HTTP stream. `exchange` is `None` for requests the filter does not watch.
+struct Filter {
+    config: *const FilterConfig,
+    exchange: Option<Exchange>,
+    /// The label value of the exchange's model, once decided.
+    model: Option<Arc<str>>,
+}
+
+impl Filter {
+    fn config(&self) -> &FilterConfig {
+        // SAFETY: Envoy keeps a filter's configuration alive until every filter made from it is
+        // destroyed (each filter holds a reference to it), and the pointer came from config_new.
+        unsafe { &*self.config }
+    }
+
+    fn apply(&self, envoy: FilterEnvoyPtr, series: Series, op: Op) {
+        let config = self.config();
+        let model = self.model.as_deref().unwrap_or("unknown");
+        let values = series.label_values(model);
+        let mut buffers = [ModuleBuffer::EMPTY; MAX_LABELS];
+        for (b, v) in buffers.iter_mut().zip(values.as_slice()) {
+            *b = ModuleBuffer::of(v);
+        }
+        let (ptr, len) = (buffers.as_ptr(), values.as_slice().len());
+        let id = config.metric_id(series.metric());
+        // Statuses are ignored on purpose: a stat that cannot be updated must not affect traffic.
+        // SAFETY: `envoy` is the live filter pointer of the current hook; label buffers outlive the
+        // call and match the label names the metric was defined with.
+        unsafe {
+            match op {
+                Op::Add(n) => {
+                    abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                        envoy, id, ptr, len, n,
+                    );
+                }
+                Op::GaugeAdd(n) if n >= 0 => {
+                    abi::envoy_dynamic_module_callback_http_filter_increment_gauge(
+                        envoy,
+                        id,
+                        ptr,
+                        len,
+                        n.unsigned_abs(),
+                    );
+                }
+                Op::GaugeAdd(n) => {
+                    abi::envoy_dynamic_module_callback_http_filter_decrement_gauge(
+                        envoy,
+                        id,
+                        ptr,
+                        len,
+                        n.unsigned_abs(),
+                    );
+                }
+                Op::Record(v) => {
+                    abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                        envoy, id, ptr, len, v,
+                    );
+                }
+            }
+        }
+    }
+
+    fn request_chunk(&mut self, envoy: FilterEnvoyPtr, chunk: &[u8], end: bool) {
+        let config = self.config;
+        // SAFETY: as in `Filter::config` (a copy of the pointer, so `self` stays borrowable).
+        let config: &FilterConfig = unsafe { &*config };
+        let Some(ex) = &mut self.exchange else {
+            return;
+        };
+        let mut name = None;
+        let decided = ex.request_body(chunk, end, &config.config, &mut |raw| {
+            let (id, label) = config.resolve_model(raw);
+            name = Some(label);
+            id
+        });
+        if decided {
+            self.model = name;
+            let series = Series::ActiveRequests {
+                model: ex.model(),
+                api: ex.api(),
+            };
+            self.apply(envoy, series, Op::GaugeAdd(1));
+        }
+    }
+}
+
+fn header(envoy: FilterEnvoyPtr, map: u32, name: &str) -> Option<&'static [u8]> {
+    let mut out = EnvoyBuffer::EMPTY;
+    // SAFETY: `envoy` is the live filter pointer; `out` is a live out-value.
+    let found = unsafe {
+        abi::envoy_dynamic_module_callback_http_get_header(
+            envoy,
+            map,
+            ModuleBuffer::of(name),
+            &mut out,
+            0,
+            std::ptr::null_mut(),
+        )
+    };
+    // SAFETY: Envoy filled `out` in this hook; callers use it before the hook returns.
+    (found && !out.ptr.is_null()).then(|| unsafe { out.as_bytes() })
+}
+
+fn header_str(envoy: FilterEnvoyPtr, map: u32, name: &str) -> Option<&'static str> {
+    header(envoy, map, name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Most body slices read without allocating; a body in more slices (rare) goes through a `Vec`.
+const INLINE_SLICES: usize = 8;
+
+/// Calls `f` on each slice of the body Envoy received in this hook, in order, without copying;
+/// `f` learns whether a slice is the last one.
+fn for_each_body_slice(envoy: FilterEnvoyPtr, body_type: u32, mut f: impl FnMut(&[u8], bool)) {
+    // SAFETY: `envoy` is the live filter pointer.
+    let n =
+        unsafe { abi::envoy_dynamic_module_callback_http_get_body_chunks_size(envoy, body_type) };
+    if n == 0 {
+        f(&[], true);
+        return;
+    }
+    let mut inline = [EnvoyBuffer::EMPTY; INLINE_SLICES];
+    let mut heap = Vec::new();
+    let slots: &mut [EnvoyBuffer] = if n <= INLINE_SLICES {
+        inline.get_mut(..n).unwrap_or(&mut [])
+    } else {
+        heap.resize(n, EnvoyBuffer::EMPTY);
+        &mut heap
+    };
+    // SAFETY: `slots` has room for the `n` buffers Envoy reported.
+    if !unsafe {
+        abi::envoy_dynamic_module_callback_http_get_body_chunks(
+            envoy,
+            body_type,
+            slots.as_mut_ptr(),
+        )
+    } {
+        f(&[], true);
+        return;
+    }
+    let last = slots.len().saturating_sub(1);
+    for (i, b) in slots.iter().enumerate() {
+        // SAFETY: Envoy filled the buffers in this hook and they stay valid until it returns.
+        f(unsafe { b.as_bytes() }, i == last);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Event hooks Envoy calls. Each one Envoy looks up must be exported, also those this filter does not
+// use (HTTP callouts and streams, scheduling, watermarks).
+
+/// # Safety
+/// Called by Envoy once when it loads the library.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_program_init() -> *const std::ffi::c_char {
+    abi::ABI_VERSION.as_ptr()
+}
+
+/// # Safety
+/// Called by Envoy on the main thread with its config pointer and two buffers valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    envoy: abi::FilterConfigEnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> abi::FilterConfigModulePtr {
+    guard(std::ptr::null(), || {
+        // SAFETY: Envoy passes a buffer valid for this call.
+        let bytes = unsafe { config.as_bytes() };
+        let parsed = match Config::parse(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log(
+                    abi::LOG_ERROR,
+                    &format!("llm-metrics-filter: invalid configuration: {e}"),
+                );
+                return std::ptr::null();
+            }
+        };
+        match FilterConfig::new(envoy, parsed) {
+            Ok(c) => {
+                log(abi::LOG_INFO, "llm-metrics-filter: configured");
+                Box::into_raw(Box::new(c)).cast_const().cast()
+            }
+            Err(e) => {
+                log(abi::LOG_ERROR, &format!("llm-metrics-filter: {e}"));
+                std::ptr::null()
+            }
+        }
+    })
+}
+
+/// # Safety
+/// `config` must be a pointer returned by `envoy_dynamic_module_on_http_filter_config_new`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    config: abi::FilterConfigModulePtr,
+) {
+    if !config.is_null() {
+        // SAFETY: made by Box::into_raw in config_new; Envoy destroys it once.
+        drop(unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) });
+    }
+}
+
+/// # Safety
+/// `config` must be a pointer returned by `envoy_dynamic_module_on_http_filter_config_new`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: abi::FilterConfigModulePtr,
+    _envoy: FilterEnvoyPtr,
+) -> abi::FilterModulePtr {
+    guard(std::ptr::null(), || {
+        Box::into_raw(Box::new(Filter {
+            config: config.cast(),
+            exchange: None,
+            model: None,
+        }))
+        .cast_const()
+        .cast()
+    })
+}
+
+/// The filter behind a module pointer.
+///
+/// # Safety
+/// `filter` must be a pointer returned by `envoy_dynamic_module_on_http_filter_new` and not yet
+/// destroyed; Envoy calls a stream's hooks one at a time on one thread.
+unsafe fn filter<'a>(filter: abi::FilterModulePtr) -> Option<&'a mut Filter> {
+    filter.cast::<Filter>().cast_mut().as_mut()
+}
+
+/// # Safety
+/// `module` must be a pointer returned by `envoy_dynamic_module_on_http_filter_new`.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: abi::FilterModulePtr) {
+    if !module.is_null() {
+        // SAFETY: made by Box::into_raw in filter_new; Envoy destroys it once.
+        drop(unsafe { Box::from_raw(module.cast::<Filter>().cast_mut()) });
+    }
+}
+
+/// # Safety
+/// Envoy's filter pointer and this module's filter pointer of one live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    envoy: FilterEnvoyPtr,
+    module: abi::FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    guard(abi::CONTINUE, || {
+        // SAFETY: see the function's contract.
+        let Some(f) = (unsafe { filter(module) }) else {
+            return abi::CONTINUE;
+        };
+        let Some(api) = header_str(envoy, abi::REQUEST_HEADER, ":path")
+            .and_then(|p| f.config().config.api_for_path(p))
+        else {
+            return abi::CONTINUE;
+        };
+        if header(envoy, abi::REQUEST_HEADER, ":method") != Some(b"POST") {
+            return abi::CONTINUE;
+        }
+        f.exchange = Some(Exchange::new(api, now_ns()));
+        if end_of_stream {
+            f.request_chunk(envoy, &[], true);
+        }
+        abi::CONTINUE
+    })
+}
+
+/// # Safety
+/// Envoy's filter pointer and this module's filter pointer of one live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    envoy: FilterEnvoyPtr,
+    module: abi::FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    guard(abi::CONTINUE, || {
+        // SAFETY: see the function's contract.
+        let Some(f) = (unsafe { filter(module) }) else {
+            return abi::CONTINUE;
+        };
+        if f.exchange
+            .as_ref()
+            .is_some_and(Exchange::wants_request_body)
+        {
+            for_each_body_slice(envoy, abi::RECEIVED_REQUEST_BODY, |chunk, last| {
+                f.request_chunk(envoy, chunk, end_of_stream && last);
+            });
+        }
+        abi::CONTINUE
+    })
+}
+
+/// # Safety
+/// Envoy's filter pointer and this module's filter pointer of one live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy: FilterEnvoyPtr,
+    module: abi::FilterModulePtr,
+) -> u32 {
+    guard(abi::CONTINUE, || {
+        // SAFETY: see the function's contract.
+        if let Some(f) = unsafe { filter(module) } {
+            if f.exchange
+                .as_ref()
+                .is_some_and(Exchange::wants_request_body)
+            {
+                f.request_chunk(envoy, &[], true);
+            }
+        }
+        abi::CONTINUE
+    })
+}
+
+/// # Safety
+/// Envoy's filter pointer and this module's filter pointer of one live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    envoy: FilterEnvoyPtr,
+    module: abi::FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    guard(abi::CONTINUE, || {
+        // SAFETY: see the function's contract.
+        let Some(f) = (unsafe { filter(module) }) else {
+            return abi::CONTINUE;
+        };
+        let config = f.config;
+        let Some(ex) = &mut f.exchange else {
+            return abi::CONTINUE;
+        };
+        let status =
+            header_str(envoy, abi::RESPONSE_HEADER, ":status").and_then(|s| s.trim().parse().ok());
+        let content_type = header_str(envoy, abi::RESPONSE_HEADER, "content-type");
+        let encoding = header_str(envoy, abi::RESPONSE_HEADER, "content-encoding");
+        // SAFETY: as in `Filter::config`.
+        let config: &FilterConfig = unsafe { &*config };
+        ex.response_headers(
+            status,
+            content_type,
+            encoding,
+            end_of_stream,
+            &config.config,
+        );
+        abi::CONTINUE
+    })
+}
+
+/// # Safety
+/// Envoy's filter pointer and this module's filter pointer of one live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    envoy: FilterEnvoyPtr,
+    module: abi::FilterModulePtr,
+    end_of_stream: bool,
+) -> u32 {
+    guard(abi::CONTINUE, || {
+        // SAFETY: see the function's contract.
+        let Some(f) = (unsafe { filter(module) }) else {
+            return abi::CONTINUE;
+        };
+        let config = f.config;
+        let Some(ex) = &mut f.exchange else {
+            return abi::CONTINUE;
+        };
+        // SAFETY: as in `Filter::config`.
+        let config: &FilterConfig = unsafe { &*config };
+        if ex.wants_response_body() {
+            for_each_body_slice(envoy, abi::RECEIVED_RESPONSE_BODY, |chunk, last| {
+                ex.response_body(chunk, end_of_stream && last, &config.config, &mut now_ns);
+            });
+        } else if end_of_stream {
+            ex.response_end();
+        }
+        abi::CONTINUE
+    })
+}
+
+/// # Safety
+/// Envoy's filter pointer and this module's filter pointer of one live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _envoy: FilterEnvoyPtr,
+    module: abi::FilterModulePtr,
+) -> u32 {
+    guard(abi::CONTINUE, || {
+        // SAFETY: see the function's contract.
+        if let Some(ex) = unsafe { filter(module) }.and_then(|f| f.exchange.as_mut()) {
+            ex.response_end();
+        }
+        abi::CONTINUE
+    })
+}
+
+/// The stream is over (completed, aborted by either side, or reset): the exchange's observation
+/// becomes stat updates. Envoy calls this once per stream, before `destroy`.
+///
+/// # Safety
+/// Envoy's filter pointer and this module's filter pointer of one live stream.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    envoy: FilterEnvoyPtr,
+    module: abi::FilterModulePtr,
+) {
+    guard((), || {
+        // SAFETY: see the function's contract.
+        let Some(f) = (unsafe { filter(module) }) else {
+            return;
+        };
+        let Some(mut ex) = f.exchange.take() else {
+            return;
+        };
+        let observation = ex.finish(now_ns(), &mut || {
+            let mut flags = 0u64;
+            // SAFETY: `envoy` is the live filter pointer; `flags` is a live out-value.
+            let ok = unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(
+                    envoy,
+                    abi::ATTRIBUTE_RESPONSE_FLAGS,
+                    &mut flags,
+                )
+            };
+            if ok {
+                flags
+            } else {
+                0
+            }
+        });
+        observation.for_each_op(&mut |series, op| f.apply(envoy, series, op));
+    });
+}
+
+/// Unused: this filter starts no HTTP callouts.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *const std::ffi::c_void,
+    _headers_size: usize,
+    _body_chunks: *const EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+}
+
+/// Unused: this filter starts no HTTP streams.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+    _stream_id: u64,
+    _headers: *const std::ffi::c_void,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+/// Unused: this filter starts no HTTP streams.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+/// Unused: this filter starts no HTTP streams.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+    _stream_id: u64,
+    _trailers: *const std::ffi::c_void,
+    _trailers_size: usize,
+) {
+}
+
+/// Unused: this filter starts no HTTP streams.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+    _stream_id: u64,
+) {
+}
+
+/// Unused: this filter starts no HTTP streams.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}
+
+/// Unused: this filter schedules nothing.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+    _event_id: u64,
+) {
+}
+
+/// Unused: this filter is not a terminal filter.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+) {
+}
+
+/// Unused: this filter is not a terminal filter.
+///
+/// # Safety
+/// Never dereferences its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _envoy: FilterEnvoyPtr,
+    _module: abi::FilterModulePtr,
+) {
+}
