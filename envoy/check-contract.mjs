@@ -6,7 +6,8 @@
 // the labels are the contract's. Checked: envoy.yaml's stats_tags (one per label, the exact regex) and
 // histogram buckets; the same tags and buckets in Envoy Gateway's bootstrap merge and Istio's
 // EnvoyFilter; Istio's extraStatTags and stats inclusion list; every llm_* and vllm:* name used by the
-// alert rules and the dashboard exists. With --bootstrap-dir, the bootstrap fragments of the Istio and
+// alert rules and the dashboard exists; the native build's bootstrap (envoy-dynamic-module.yaml) and its
+// Envoy Gateway manifest have the same buckets under the module's stat names and the prefix-strip flag. With --bootstrap-dir, the bootstrap fragments of the Istio and
 // Envoy Gateway manifests are written there as files for `envoy --mode validate`.
 // Prints one line per check and exits 1 if any failed. Needs `yaml` from envoy/setup.sh --test.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -83,6 +84,31 @@ check("Envoy Gateway bootstrap merge: same stats_tags and buckets as envoy.yaml"
   expectEqual("stats_tags", egBootstrap.stats_config?.stats_tags, wantTags);
   expectEqual("buckets", bucketsOf(egBootstrap.stats_config?.histogram_bucket_settings), envoyBuckets);
 });
+// The native build: its own bucket matchers (dynamic-module stat names), the same buckets.
+const dmYaml = loadYaml("envoy/envoy-dynamic-module.yaml")[0];
+const dmBucketsOf = (settings) =>
+  Object.fromEntries((settings || []).map((s) => {
+    const m = /^dynamicmodulescustom\.(llm_\w+)\.$/.exec(s.match?.prefix ?? "");
+    return [m ? m[1] : JSON.stringify(s.match), s.buckets];
+  }));
+const stripFlag = "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
+const stripsPrefix = (bootstrap) =>
+  (bootstrap.layered_runtime?.layers || []).some((l) => l.static_layer?.[stripFlag] === true);
+check("envoy-dynamic-module.yaml: the wasm build's buckets by module stat name, prefix stripped", () => {
+  expectEqual("buckets", dmBucketsOf(dmYaml.stats_config?.histogram_bucket_settings), envoyBuckets);
+  if (!stripsPrefix(dmYaml)) throw new Error(`no static runtime layer sets ${stripFlag}: true`);
+});
+const egDmDocs = loadYaml("envoy/envoy-gateway/dynamic-module.yaml");
+const egDmProxy = egDmDocs.find((d) => d.kind === "EnvoyProxy");
+const egDmBootstrap = YAML.parse(egDmProxy.spec.bootstrap.value);
+check("Envoy Gateway dynamic module: allow-listed, attached, same buckets and flag as envoy-dynamic-module.yaml", () => {
+  expectEqual("buckets", dmBucketsOf(egDmBootstrap.stats_config?.histogram_bucket_settings), envoyBuckets);
+  if (!stripsPrefix(egDmBootstrap)) throw new Error(`bootstrap merge does not set ${stripFlag}`);
+  const allowed = (egDmProxy.spec.dynamicModules || []).map((m) => m.name);
+  const policy = egDmDocs.find((d) => d.kind === "EnvoyExtensionPolicy");
+  const used = (policy?.spec?.dynamicModule || []).map((m) => m.name);
+  if (used.length !== 1 || !allowed.includes(used[0])) throw new Error(`policy uses ${used}, allowlist ${allowed}`);
+});
 const egPolicy = loadYaml("envoy/envoy-gateway/extension-policy.yaml")[0];
 check("Envoy Gateway EnvoyExtensionPolicy: wasm with failOpen", () => {
   const wasm = egPolicy.spec?.wasm;
@@ -142,6 +168,7 @@ if (outIdx > 0) {
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, "envoy-gateway-bootstrap.yaml"), YAML.stringify(egBootstrap));
   writeFileSync(join(dir, "istio-envoyfilter-bootstrap.yaml"), YAML.stringify(istioPatch));
+  writeFileSync(join(dir, "envoy-gateway-dynamic-module-bootstrap.yaml"), YAML.stringify(egDmBootstrap));
 }
 
 console.log(`check-contract: ${passed} passed, ${failed} failed`);

@@ -6,11 +6,12 @@
 # Checks (each prints "ok"/"FAIL" with the tool's output on failure; the last line is "N passed, N failed"
 # and the exit status is 1 if any failed):
 #   - the filter .wasm is built (cargo build --release --target wasm32-wasip1 -p llm-metrics-filter), or
-#     taken from $LLM_FILTER_WASM when set
+#     taken from $LLM_FILTER_WASM when set; likewise the native module (cargo build --release -p
+#     llm-metrics-filter --features dynamic-module), or the one in $LLM_FILTER_MODULE_DIR
 #   - envoy --mode validate: envoy/envoy.yaml as shipped (loads the .wasm and runs its configuration), a
 #     render.sh variant with other ports and a non-default filter configuration, and the bootstrap
 #     fragments of the Istio and Envoy Gateway manifests; a filter configuration with an unknown field
-#     is rejected
+#     is rejected; the same for envoy/envoy-dynamic-module.yaml with the native module
 #   - the metrics listener of a running Envoy serves GET /stats/prometheus and nothing else
 #   - promtool check config / check rules / test rules; amtool check-config and its routing by severity
 #   - shellcheck on the scripts in envoy/
@@ -25,6 +26,8 @@ cd "$ROOT" || exit 2
 ENVOY="$ROOT/.venv/bin/envoy"
 WASM_DEFAULT="target/wasm32-wasip1/release/llm_metrics_filter.wasm"
 WASM="${LLM_FILTER_WASM:-$WASM_DEFAULT}"
+# The native build: the directory holding libllm_metrics_filter.so (Envoy's module search path).
+MODULE_DIR="${LLM_FILTER_MODULE_DIR:-target/release}"
 
 TMP="$(mktemp -d)"
 PIDS=()
@@ -81,6 +84,14 @@ build_wasm() {
     fi
 }
 check "filter module $WASM" build_wasm
+build_module() {
+    if [ -n "${LLM_FILTER_MODULE_DIR:-}" ]; then
+        [ -s "$MODULE_DIR/libllm_metrics_filter.so" ] || { echo "no libllm_metrics_filter.so in LLM_FILTER_MODULE_DIR=$MODULE_DIR"; return 1; }
+    else
+        cargo build --release -p llm-metrics-filter --features dynamic-module
+    fi
+}
+check "native filter module $MODULE_DIR/libllm_metrics_filter.so" build_module
 
 # --- Envoy configurations ----------------------------------------------------------------------------------
 validate() { "$ENVOY" --mode validate -l warning -c "$1"; }
@@ -96,10 +107,20 @@ check "envoy --mode validate render.sh variant (ports, upstream, filter config)"
 FILTER_CONFIG='{"no_such_field":1}' render >"$TMP/badconfig.yaml"
 fails "envoy rejects a filter configuration with an unknown field" validate "$TMP/badconfig.yaml"
 
+validate_dm() { ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$MODULE_DIR" validate "$1"; }
+check "envoy --mode validate envoy/envoy-dynamic-module.yaml (native module)" validate_dm envoy/envoy-dynamic-module.yaml
+GATEWAY_PORT=20000 ADMIN_PORT=20001 METRICS_PORT=20002 UPSTREAM_PORT=18000 \
+    FILTER_CONFIG='{"models":["qwen3-tiny"],"max_models":8}' envoy/render.sh dynamic-module >"$TMP/dm-rendered.yaml"
+check "envoy --mode validate render.sh dynamic-module variant" validate_dm "$TMP/dm-rendered.yaml"
+FILTER_CONFIG='{"no_such_field":1}' envoy/render.sh dynamic-module >"$TMP/dm-badconfig.yaml"
+fails "envoy rejects a native filter configuration with an unknown field" validate_dm "$TMP/dm-badconfig.yaml"
+
 check "contract: every target agrees with the filter's metric names and labels" \
     node envoy/check-contract.mjs --bootstrap-dir "$TMP/bootstrap"
 check "envoy --mode validate Envoy Gateway bootstrap merge (envoy-gateway/envoyproxy.yaml)" \
     validate "$TMP/bootstrap/envoy-gateway-bootstrap.yaml"
+check "envoy --mode validate Envoy Gateway bootstrap merge (envoy-gateway/dynamic-module.yaml)" \
+    validate "$TMP/bootstrap/envoy-gateway-dynamic-module-bootstrap.yaml"
 check "envoy --mode validate Istio bootstrap patch (istio/envoyfilter-histogram-buckets.yaml)" \
     validate "$TMP/bootstrap/istio-envoyfilter-bootstrap.yaml"
 

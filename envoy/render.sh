@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# envoy/render.sh — print envoy/envoy.yaml or envoy/prometheus/prometheus.yml with other ports, upstream,
-# .wasm path or filter configuration, for running several stacks side by side (tests) or pointing the
+# envoy/render.sh — print envoy/envoy.yaml (the proxy-wasm build), envoy/envoy-dynamic-module.yaml (the
+# native build) or envoy/prometheus/prometheus.yml with other ports, upstream, .wasm path or filter
+# configuration, for running several stacks side by side (tests) or pointing the
 # gateway at another engine. The same variables serve both, so a gateway and the Prometheus that
 # scrapes it stay in agreement.
 #
@@ -9,7 +10,9 @@
 #   METRICS_PORT=20002 UPSTREAM_PORT=18000 SCRAPE_INTERVAL=1s \
 #     envoy/render.sh prometheus > /tmp/prom.yml && prometheus --config.file=/tmp/prom.yml ...
 #
-# Usage: envoy/render.sh [envoy|prometheus]   (default envoy)
+# Usage: envoy/render.sh [envoy|dynamic-module|prometheus]   (default envoy)
+# (dynamic-module takes the same variables as envoy except WASM_FILE; Envoy finds the module through
+# ENVOY_DYNAMIC_MODULES_SEARCH_PATH when it starts.)
 # Variables (unset = the value in the template):
 #   GATEWAY_PORT      gateway listener port           (10000)                       envoy
 #   ADMIN_PORT        admin API port                  (9901; also the metrics route) envoy
@@ -31,8 +34,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kind="${1:-envoy}"
 case "$kind" in
     envoy) template="$here/envoy.yaml" ;;
+    dynamic-module) template="$here/envoy-dynamic-module.yaml" ;;
     prometheus) template="$here/prometheus/prometheus.yml" ;;
-    *) echo "render.sh: unknown template '$kind' (expected envoy or prometheus)" >&2; exit 2 ;;
+    *) echo "render.sh: unknown template '$kind' (expected envoy, dynamic-module or prometheus)" >&2; exit 2 ;;
 esac
 [ -f "$template" ] || { echo "render.sh: template not found: $template" >&2; exit 1; }
 
@@ -59,7 +63,7 @@ replace() {
     out="${out//"$old"/"$new"}"
 }
 
-if [ "$kind" = envoy ]; then
+if [ "$kind" != prometheus ]; then
     [ -z "${GATEWAY_PORT:-}" ] || replace GATEWAY_PORT "port_value: 10000 }" "port_value: $GATEWAY_PORT }" 1
     [ -z "${ADMIN_PORT:-}" ] || replace ADMIN_PORT "port_value: 9901 }" "port_value: $ADMIN_PORT }" 2
     [ -z "${METRICS_PORT:-}" ] || replace METRICS_PORT "port_value: 9902 }" "port_value: $METRICS_PORT }" 1
@@ -68,6 +72,7 @@ if [ "$kind" = envoy ]; then
             "{ address: ${UPSTREAM_HOST:-127.0.0.1}, port_value: ${UPSTREAM_PORT:-8000} }" 1
     fi
     if [ -n "${WASM_FILE:-}" ]; then
+        [ "$kind" = envoy ] || fail "WASM_FILE applies to the proxy-wasm build only (the dynamic module is found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH)"
         [[ "$WASM_FILE" != *[\'\"$'\n']* ]] || fail "WASM_FILE must not contain quotes or newlines"
         replace WASM_FILE "filename: target/wasm32-wasip1/release/llm_metrics_filter.wasm" "filename: '$WASM_FILE'" 1
     fi
