@@ -164,76 +164,88 @@ async fn replay_fixture(envoy: &Envoy, base: &Scrape, f: &Fixture) -> Result<Scr
     Ok(s)
 }
 
-/// Every golden fixture that ends normally, replayed through real Envoy: the series the gateway
-/// exports grow by exactly the fixture's `expect` (counters by value, histograms by sample count).
-/// Fixtures are grouped by filter configuration, one Envoy per group (the default group shared by
-/// three Envoys to keep the run short); the fixtures of one Envoy run one after another.
+/// Every golden fixture that ends normally, replayed through real Envoy with the wasm build: the
+/// series the gateway exports grow by exactly the fixture's `expect` (counters by value, histograms
+/// by sample count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_fixtures_through_real_envoy_produce_exactly_their_expected_series() {
-    bounded(Duration::from_secs(150), async {
-        let fixtures = fixture::load_all(&fixture::fixtures_dir())?;
-        let upstream = Upstream::start().await?;
-        let mut groups: BTreeMap<String, Vec<Fixture>> = BTreeMap::new();
-        for f in fixtures.into_iter().filter(|f| f.end == End::Complete) {
-            upstream.add(&f.name, fixture_script(&f)?);
-            groups.entry(f.config_text()).or_default().push(f);
-        }
-        ensure!(
-            groups.values().map(Vec::len).sum::<usize>() >= 60,
-            "too few fixtures found"
-        );
-        let mut shards: Vec<(String, Vec<Fixture>)> = Vec::new();
-        for (config, list) in groups {
-            if config == "{}" {
-                for i in 0..3 {
-                    shards.push((
-                        config.clone(),
-                        list.iter().skip(i).step_by(3).cloned().collect(),
-                    ));
-                }
-            } else {
-                shards.push((config, list));
+    bounded(Duration::from_secs(240), golden_fixtures(Build::Wasm)).await;
+}
+
+/// The same fixtures through Envoy with the native dynamic module: exactly the same series (names,
+/// labels, label values, bucket boundaries) as the wasm build, since both must equal `expect`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_fixtures_through_the_native_module_produce_the_same_series() {
+    bounded(Duration::from_secs(240), golden_fixtures(Build::Native)).await;
+}
+
+/// Fixtures are grouped by filter configuration, one Envoy per group (the default group shared by
+/// three Envoys to keep the run short); the fixtures of one Envoy run one after another.
+async fn golden_fixtures(build: Build) -> Result<()> {
+    let fixtures = fixture::load_all(&fixture::fixtures_dir())?;
+    let upstream = Upstream::start().await?;
+    let mut groups: BTreeMap<String, Vec<Fixture>> = BTreeMap::new();
+    for f in fixtures.into_iter().filter(|f| f.end == End::Complete) {
+        upstream.add(&f.name, fixture_script(&f)?);
+        groups.entry(f.config_text()).or_default().push(f);
+    }
+    ensure!(
+        groups.values().map(Vec::len).sum::<usize>() >= 60,
+        "too few fixtures found"
+    );
+    let mut shards: Vec<(String, Vec<Fixture>)> = Vec::new();
+    for (config, list) in groups {
+        if config == "{}" {
+            for i in 0..3 {
+                shards.push((
+                    config.clone(),
+                    list.iter().skip(i).step_by(3).cloned().collect(),
+                ));
             }
+        } else {
+            shards.push((config, list));
         }
-        let mut tasks = Vec::new();
-        for (config, list) in shards {
-            let port = upstream.port;
-            tasks.push(tokio::spawn(async move {
-                let envoy = Envoy::start(port, &config).await?;
-                let mut failures = Vec::new();
-                let mut base = envoy.scrape_merged().await?;
-                for f in &list {
-                    match replay_fixture(&envoy, &base, f).await {
-                        Ok(next) => base = next,
-                        Err(e) => {
-                            failures.push(format!("fixture {} (config {config}): {e:#}", f.name));
-                            base = envoy.scrape_merged().await?;
-                        }
+    }
+    let mut tasks = Vec::new();
+    for (config, list) in shards {
+        let port = upstream.port;
+        tasks.push(tokio::spawn(async move {
+            let envoy = Envoy::start_build(build, port, &config).await?;
+            let mut failures = Vec::new();
+            let mut base = envoy.scrape_merged().await?;
+            for f in &list {
+                match replay_fixture(&envoy, &base, f).await {
+                    Ok(next) => base = next,
+                    Err(e) => {
+                        failures.push(format!(
+                            "fixture {} ({build:?} build, config {config}): {e:#}",
+                            f.name
+                        ));
+                        base = envoy.scrape_merged().await?;
                     }
                 }
-                Ok::<_, anyhow::Error>((list.len(), failures))
-            }));
-        }
-        let mut failures = Vec::new();
-        let mut replayed = 0;
-        for t in tasks {
-            let (n, f) = t.await??;
-            replayed += n;
-            failures.extend(f);
-        }
-        eprintln!(
-            "replayed {replayed} golden fixtures through Envoy, {} failed",
-            failures.len()
-        );
-        ensure!(
-            failures.is_empty(),
-            "{} of {replayed} fixtures differ:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
-        Ok(())
-    })
-    .await;
+            }
+            Ok::<_, anyhow::Error>((list.len(), failures))
+        }));
+    }
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    for t in tasks {
+        let (n, f) = t.await??;
+        replayed += n;
+        failures.extend(f);
+    }
+    eprintln!(
+        "replayed {replayed} golden fixtures through Envoy ({build:?} build), {} failed",
+        failures.len()
+    );
+    ensure!(
+        failures.is_empty(),
+        "{} of {replayed} fixtures differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
 }
 
 fn chunk_event(delta: Value, finish: Option<&str>) -> Bytes {
@@ -383,67 +395,105 @@ fn load_fixture(name: &str) -> Result<Fixture> {
 /// holding the stream open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_mid_stream_is_counted_as_client_abort() {
-    bounded(Duration::from_secs(60), async {
-        let f = load_fixture("stream_client_abort")?;
-        ensure!(f.end == End::ClientAbort);
-        ensure!(f
-            .expect
-            .iter()
-            .any(|e| e.labels.get("outcome").map(String::as_str) == Some("client_abort")));
-        let upstream = Upstream::start().await?;
-        upstream.add(&f.name, fixture_script(&f)?);
-        let envoy = Envoy::start(upstream.port, &f.config_text()).await?;
-        let base = envoy.scrape_merged().await?;
-        replay_fixture(&envoy, &base, &f)
-            .await
-            .with_context(|| format!("fixture {}", f.name))?;
+    bounded(Duration::from_secs(120), async {
+        for build in Build::ALL {
+            client_disconnect_mid_stream_is_counted_as_client_abort_with(build)
+                .await
+                .with_context(|| format!("{build:?} build"))?;
+        }
         Ok(())
     })
     .await;
+}
+
+async fn client_disconnect_mid_stream_is_counted_as_client_abort_with(build: Build) -> Result<()> {
+    let f = load_fixture("stream_client_abort")?;
+    ensure!(f.end == End::ClientAbort);
+    ensure!(f
+        .expect
+        .iter()
+        .any(|e| e.labels.get("outcome").map(String::as_str) == Some("client_abort")));
+    let upstream = Upstream::start().await?;
+    upstream.add(&f.name, fixture_script(&f)?);
+    let envoy = Envoy::start_build(build, upstream.port, &f.config_text()).await?;
+    let base = envoy.scrape_merged().await?;
+    replay_fixture(&envoy, &base, &f)
+        .await
+        .with_context(|| format!("fixture {}", f.name))?;
+    Ok(())
 }
 
 /// The upstream closes the connection mid-event, without the chunked terminator:
 /// `outcome="upstream_abort"`, the partial event not counted (golden fixture `stream_upstream_reset`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_reset_mid_stream_is_counted_as_upstream_abort() {
-    bounded(Duration::from_secs(60), async {
-        let f = load_fixture("stream_upstream_reset")?;
-        ensure!(f.end == End::UpstreamAbort);
-        let upstream = Upstream::start().await?;
-        upstream.add(&f.name, fixture_script(&f)?);
-        let envoy = Envoy::start(upstream.port, &f.config_text()).await?;
-        let base = envoy.scrape_merged().await?;
-        replay_fixture(&envoy, &base, &f).await.with_context(|| format!("fixture {}", f.name))?;
-        // The same with a scripted stream cut after three tokens.
-        let mut s = paced_stream(Duration::from_millis(20), Duration::from_millis(10), 6, 4);
-        s.chunks.truncate(4); // role chunk + 3 tokens
-        s.end = ScriptEnd::Reset;
-        upstream.add("reset", s);
-        let r = request(
-            envoy.gateway_port,
-            "POST",
-            "/v1/chat/completions",
-            &[("content-type", "application/json"), (SCRIPT_HEADER, "reset")],
-            chat_request("reset-model"),
-        )
-        .await;
-        ensure!(r.is_err(), "the client read a complete response after an upstream reset: {r:?}");
-        let m = [("model", "reset-model")];
-        envoy
-            .wait_for(Duration::from_secs(5), |s| {
-                let aborted = s.sum("llm_requests_total", &[("model", "reset-model"), ("outcome", "upstream_abort")]);
-                let all = s.sum("llm_requests_total", &m);
-                let est = s.sum("llm_tokens_total", &[("model", "reset-model"), ("token_type", "output"), ("source", "estimated")]);
-                if (aborted, all, est) == (1.0, 1.0, 3.0) {
-                    Ok(())
-                } else {
-                    Err(format!("upstream_abort {aborted}, all {all}, estimated output {est} (want 1, 1, 3)"))
-                }
-            })
-            .await?;
+    bounded(Duration::from_secs(120), async {
+        for build in Build::ALL {
+            upstream_reset_mid_stream_is_counted_as_upstream_abort_with(build)
+                .await
+                .with_context(|| format!("{build:?} build"))?;
+        }
         Ok(())
     })
     .await;
+}
+
+async fn upstream_reset_mid_stream_is_counted_as_upstream_abort_with(build: Build) -> Result<()> {
+    let f = load_fixture("stream_upstream_reset")?;
+    ensure!(f.end == End::UpstreamAbort);
+    let upstream = Upstream::start().await?;
+    upstream.add(&f.name, fixture_script(&f)?);
+    let envoy = Envoy::start_build(build, upstream.port, &f.config_text()).await?;
+    let base = envoy.scrape_merged().await?;
+    replay_fixture(&envoy, &base, &f)
+        .await
+        .with_context(|| format!("fixture {}", f.name))?;
+    // The same with a scripted stream cut after three tokens.
+    let mut s = paced_stream(Duration::from_millis(20), Duration::from_millis(10), 6, 4);
+    s.chunks.truncate(4); // role chunk + 3 tokens
+    s.end = ScriptEnd::Reset;
+    upstream.add("reset", s);
+    let r = request(
+        envoy.gateway_port,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            (SCRIPT_HEADER, "reset"),
+        ],
+        chat_request("reset-model"),
+    )
+    .await;
+    ensure!(
+        r.is_err(),
+        "the client read a complete response after an upstream reset: {r:?}"
+    );
+    let m = [("model", "reset-model")];
+    envoy
+        .wait_for(Duration::from_secs(5), |s| {
+            let aborted = s.sum(
+                "llm_requests_total",
+                &[("model", "reset-model"), ("outcome", "upstream_abort")],
+            );
+            let all = s.sum("llm_requests_total", &m);
+            let est = s.sum(
+                "llm_tokens_total",
+                &[
+                    ("model", "reset-model"),
+                    ("token_type", "output"),
+                    ("source", "estimated"),
+                ],
+            );
+            if (aborted, all, est) == (1.0, 1.0, 3.0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "upstream_abort {aborted}, all {all}, estimated output {est} (want 1, 1, 3)"
+                ))
+            }
+        })
+        .await?;
+    Ok(())
 }
 
 /// 16 streams at once through Envoy's two workers: while they wait for their first token the
@@ -452,116 +502,125 @@ async fn upstream_reset_mid_stream_is_counted_as_upstream_abort() {
 /// connections, so the totals are sums over the two VMs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_on_two_workers_are_all_counted() {
-    bounded(Duration::from_secs(60), async {
-        const N: usize = 16;
-        let upstream = Upstream::start().await?;
-        upstream.add(
-            "slow",
-            paced_stream(
-                Duration::from_millis(1500),
-                Duration::from_millis(10),
-                20,
-                7,
-            ),
-        );
-        let envoy = Envoy::start(upstream.port, "{}").await?;
-        let port = envoy.gateway_port;
-        let mut tasks = Vec::new();
-        for _ in 0..N {
-            tasks.push(tokio::spawn(async move {
-                request(
-                    port,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[
-                        ("content-type", "application/json"),
-                        (SCRIPT_HEADER, "slow"),
-                    ],
-                    chat_request("concurrent-model"),
-                )
+    bounded(Duration::from_secs(120), async {
+        for build in Build::ALL {
+            concurrent_streams_on_two_workers_are_all_counted_with(build)
                 .await
-            }));
+                .with_context(|| format!("{build:?} build"))?;
         }
-        let m = [("model", "concurrent-model")];
-        envoy
-            .wait_for(Duration::from_millis(1200), |s| {
-                let active = s.sum("llm_active_requests", &m);
-                if active == N as f64 {
-                    Ok(())
-                } else {
-                    Err(format!("llm_active_requests = {active}, want {N}"))
-                }
-            })
-            .await
-            .context("while all streams wait for their first token")?;
-        for t in tasks {
-            let r = t.await??;
-            ensure!(
-                r.status == 200 && r.text().ends_with("data: [DONE]\n\n"),
-                "bad stream: {}",
-                r.text()
-            );
-        }
-        let want = [
-            (
-                "llm_requests_total",
-                vec![("outcome", "completed"), ("streaming", "true")],
-                N as f64,
-            ),
-            (
-                "llm_tokens_total",
-                vec![("token_type", "input"), ("source", "usage")],
-                7.0 * N as f64,
-            ),
-            (
-                "llm_tokens_total",
-                vec![("token_type", "output"), ("source", "usage")],
-                20.0 * N as f64,
-            ),
-            ("llm_time_to_first_token_ms_count", vec![], N as f64),
-            ("llm_time_per_output_token_us_count", vec![], N as f64),
-            ("llm_request_duration_ms_count", vec![], N as f64),
-            ("llm_active_requests", vec![], 0.0),
-        ];
-        let s = envoy
-            .wait_for(Duration::from_secs(5), |s| {
-                let mut bad = String::new();
-                for (name, labels, value) in &want {
-                    let mut l = labels.clone();
-                    l.extend(m);
-                    let got = s.sum(name, &l);
-                    if got != *value {
-                        bad.push_str(&format!("{name}{labels:?} = {got}, want {value}\n"));
-                    }
-                }
-                if bad.is_empty() {
-                    Ok(())
-                } else {
-                    Err(bad)
-                }
-            })
-            .await?;
-        ensure!(
-            s.sum("llm_requests_total", &[]) == N as f64,
-            "requests counted under another model or outcome"
-        );
-        // Envoy's own per-worker listener stats: both workers accepted connections.
-        let per_worker: Vec<(String, f64)> = s
-            .matching("envoy_listener_worker_downstream_cx_total", &[])
-            .filter(|x| x.labels.values().any(|v| v.ends_with(&format!("_{port}"))))
-            .map(|x| (format!("{:?}", x.labels), x.value))
-            .collect();
-        ensure!(
-            per_worker.len() == 2,
-            "expected two workers' listener stats, got {per_worker:?}"
-        );
-        ensure!(
-            per_worker.iter().all(|(_, v)| *v >= 1.0),
-            "one worker took no connection: {per_worker:?}"
-        );
         Ok(())
     })
     .await;
+}
+
+async fn concurrent_streams_on_two_workers_are_all_counted_with(build: Build) -> Result<()> {
+    const N: usize = 16;
+    let upstream = Upstream::start().await?;
+    upstream.add(
+        "slow",
+        paced_stream(
+            Duration::from_millis(1500),
+            Duration::from_millis(10),
+            20,
+            7,
+        ),
+    );
+    let envoy = Envoy::start_build(build, upstream.port, "{}").await?;
+    let port = envoy.gateway_port;
+    let mut tasks = Vec::new();
+    for _ in 0..N {
+        tasks.push(tokio::spawn(async move {
+            request(
+                port,
+                "POST",
+                "/v1/chat/completions",
+                &[
+                    ("content-type", "application/json"),
+                    (SCRIPT_HEADER, "slow"),
+                ],
+                chat_request("concurrent-model"),
+            )
+            .await
+        }));
+    }
+    let m = [("model", "concurrent-model")];
+    envoy
+        .wait_for(Duration::from_millis(1200), |s| {
+            let active = s.sum("llm_active_requests", &m);
+            if active == N as f64 {
+                Ok(())
+            } else {
+                Err(format!("llm_active_requests = {active}, want {N}"))
+            }
+        })
+        .await
+        .context("while all streams wait for their first token")?;
+    for t in tasks {
+        let r = t.await??;
+        ensure!(
+            r.status == 200 && r.text().ends_with("data: [DONE]\n\n"),
+            "bad stream: {}",
+            r.text()
+        );
+    }
+    let want = [
+        (
+            "llm_requests_total",
+            vec![("outcome", "completed"), ("streaming", "true")],
+            N as f64,
+        ),
+        (
+            "llm_tokens_total",
+            vec![("token_type", "input"), ("source", "usage")],
+            7.0 * N as f64,
+        ),
+        (
+            "llm_tokens_total",
+            vec![("token_type", "output"), ("source", "usage")],
+            20.0 * N as f64,
+        ),
+        ("llm_time_to_first_token_ms_count", vec![], N as f64),
+        ("llm_time_per_output_token_us_count", vec![], N as f64),
+        ("llm_request_duration_ms_count", vec![], N as f64),
+        ("llm_active_requests", vec![], 0.0),
+    ];
+    let s = envoy
+        .wait_for(Duration::from_secs(5), |s| {
+            let mut bad = String::new();
+            for (name, labels, value) in &want {
+                let mut l = labels.clone();
+                l.extend(m);
+                let got = s.sum(name, &l);
+                if got != *value {
+                    bad.push_str(&format!("{name}{labels:?} = {got}, want {value}\n"));
+                }
+            }
+            if bad.is_empty() {
+                Ok(())
+            } else {
+                Err(bad)
+            }
+        })
+        .await?;
+    ensure!(
+        s.sum("llm_requests_total", &[]) == N as f64,
+        "requests counted under another model or outcome"
+    );
+    // Envoy's own per-worker listener stats: both workers accepted connections.
+    let per_worker: Vec<(String, f64)> = s
+        .matching("envoy_listener_worker_downstream_cx_total", &[])
+        .filter(|x| x.labels.values().any(|v| v.ends_with(&format!("_{port}"))))
+        .map(|x| (format!("{:?}", x.labels), x.value))
+        .collect();
+    ensure!(
+        per_worker.len() == 2,
+        "expected two workers' listener stats, got {per_worker:?}"
+    );
+    ensure!(
+        per_worker.iter().all(|(_, v)| *v >= 1.0),
+        "one worker took no connection: {per_worker:?}"
+    );
+    Ok(())
 }
 
 /// One usage object from a response: non-streaming `usage`, or the last non-null `usage` of a stream.
@@ -862,78 +921,198 @@ async fn wait_prom(prom: &Prometheus, expr: &str, limit: Duration) -> Result<()>
 /// the `models` allowlist an unlisted model becomes `other`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_loads_with_default_and_full_config_and_exports_the_contract_names() {
-    bounded(Duration::from_secs(60), async {
-        let upstream = Upstream::start().await?;
-        let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "smoke-model",
+    bounded(Duration::from_secs(120), async {
+        for build in Build::ALL {
+            filter_loads_with_default_and_full_config_and_exports_the_contract_names_with(build)
+                .await
+                .with_context(|| format!("{build:?} build"))?;
+        }
+        Ok(())
+    })
+    .await;
+}
+
+async fn filter_loads_with_default_and_full_config_and_exports_the_contract_names_with(
+    build: Build,
+) -> Result<()> {
+    let upstream = Upstream::start().await?;
+    let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "smoke-model",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}});
-        upstream.add(
-            "json",
-            Script::chunked(200, vec![("content-type".into(), "application/json".into())], body.to_string().as_bytes(), &[4096], Duration::ZERO),
-        );
-        let full = json!({"models": ["smoke-model"], "max_models": 8, "max_request_body_bytes": 65536,
+    upstream.add(
+        "json",
+        Script::chunked(
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            body.to_string().as_bytes(),
+            &[4096],
+            Duration::ZERO,
+        ),
+    );
+    let full = json!({"models": ["smoke-model"], "max_models": 8, "max_request_body_bytes": 65536,
             "max_response_body_bytes": 65536, "max_event_bytes": 16384,
             "paths": {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
                       "/v1/embeddings": "embeddings", "/v1/responses": "responses"}});
-        for config in ["{}".to_owned(), full.to_string()] {
-            let envoy = Envoy::start(upstream.port, &config).await.with_context(|| format!("config {config}"))?;
-            let models: &[&str] = if config == "{}" { &["smoke-model"] } else { &["smoke-model", "unlisted-model"] };
-            for model in models {
-                let req = serde_json::to_vec(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))?;
-                let r = request(
-                    envoy.gateway_port,
-                    "POST",
-                    "/v1/chat/completions",
-                    &[("content-type", "application/json"), (SCRIPT_HEADER, "json")],
-                    req,
-                )
-                .await?;
-                ensure!(r.status == 200, "status {}", r.status);
-            }
-            let s = envoy
-                .wait_for(Duration::from_secs(5), |s| {
-                    let n = s.sum("llm_request_duration_ms_count", &[]);
-                    if n == models.len() as f64 { Ok(()) } else { Err(format!("duration count {n}")) }
-                })
-                .await?;
-            let exact = |name: &str, labels: &[(&str, &str)], value: f64| -> Result<()> {
-                let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-                let found = s.samples.iter().find(|x| x.name == name && x.labels == want);
-                match found {
-                    Some(x) if x.value == value => Ok(()),
-                    Some(x) => bail!("config {config}: {name}{want:?} = {}, want {value}", x.value),
-                    None => {
-                        let have: Vec<_> = s.samples.iter().filter(|x| x.name == name).map(|x| &x.labels).collect();
-                        bail!("config {config}: no {name} with labels exactly {want:?}; present: {have:?}")
-                    }
+    for config in ["{}".to_owned(), full.to_string()] {
+        let envoy = Envoy::start_build(build, upstream.port, &config)
+            .await
+            .with_context(|| format!("config {config}"))?;
+        let models: &[&str] = if config == "{}" {
+            &["smoke-model"]
+        } else {
+            &["smoke-model", "unlisted-model"]
+        };
+        for model in models {
+            let req = serde_json::to_vec(
+                &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+            )?;
+            let r = request(
+                envoy.gateway_port,
+                "POST",
+                "/v1/chat/completions",
+                &[
+                    ("content-type", "application/json"),
+                    (SCRIPT_HEADER, "json"),
+                ],
+                req,
+            )
+            .await?;
+            ensure!(r.status == 200, "status {}", r.status);
+        }
+        let s = envoy
+            .wait_for(Duration::from_secs(5), |s| {
+                let n = s.sum("llm_request_duration_ms_count", &[]);
+                if n == models.len() as f64 {
+                    Ok(())
+                } else {
+                    Err(format!("duration count {n}"))
                 }
-            };
-            let common = [("model", "smoke-model"), ("api", "chat_completions")];
+            })
+            .await?;
+        let exact = |name: &str, labels: &[(&str, &str)], value: f64| -> Result<()> {
+            let want: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let found = s
+                .samples
+                .iter()
+                .find(|x| x.name == name && x.labels == want);
+            match found {
+                Some(x) if x.value == value => Ok(()),
+                Some(x) => bail!(
+                    "config {config}: {name}{want:?} = {}, want {value}",
+                    x.value
+                ),
+                None => {
+                    let have: Vec<_> = s
+                        .samples
+                        .iter()
+                        .filter(|x| x.name == name)
+                        .map(|x| &x.labels)
+                        .collect();
+                    bail!("config {config}: no {name} with labels exactly {want:?}; present: {have:?}")
+                }
+            }
+        };
+        let common = [("model", "smoke-model"), ("api", "chat_completions")];
+        exact(
+            "llm_requests_total",
+            &[
+                common[0],
+                common[1],
+                ("streaming", "false"),
+                ("status_class", "2xx"),
+                ("outcome", "completed"),
+            ],
+            1.0,
+        )?;
+        exact(
+            "llm_tokens_total",
+            &[
+                common[0],
+                common[1],
+                ("token_type", "input"),
+                ("source", "usage"),
+            ],
+            9.0,
+        )?;
+        exact(
+            "llm_tokens_total",
+            &[
+                common[0],
+                common[1],
+                ("token_type", "output"),
+                ("source", "usage"),
+            ],
+            2.0,
+        )?;
+        exact(
+            "llm_request_duration_ms_count",
+            &[common[0], common[1], ("streaming", "false")],
+            1.0,
+        )?;
+        exact("llm_active_requests", &common, 0.0)?;
+        if models.len() == 2 {
             exact(
                 "llm_requests_total",
-                &[common[0], common[1], ("streaming", "false"), ("status_class", "2xx"), ("outcome", "completed")],
+                &[
+                    ("model", "other"),
+                    common[1],
+                    ("streaming", "false"),
+                    ("status_class", "2xx"),
+                    ("outcome", "completed"),
+                ],
                 1.0,
             )?;
-            exact("llm_tokens_total", &[common[0], common[1], ("token_type", "input"), ("source", "usage")], 9.0)?;
-            exact("llm_tokens_total", &[common[0], common[1], ("token_type", "output"), ("source", "usage")], 2.0)?;
-            exact("llm_request_duration_ms_count", &[common[0], common[1], ("streaming", "false")], 1.0)?;
-            exact("llm_active_requests", &common, 0.0)?;
-            if models.len() == 2 {
-                exact(
-                    "llm_requests_total",
-                    &[("model", "other"), common[1], ("streaming", "false"), ("status_class", "2xx"), ("outcome", "completed")],
-                    1.0,
-                )?;
-            }
-            for (family, kind) in [
-                ("llm_requests_total", "counter"),
-                ("llm_tokens_total", "counter"),
-                ("llm_request_duration_ms", "histogram"),
-                ("llm_active_requests", "gauge"),
-            ] {
-                ensure!(s.types.get(family).map(String::as_str) == Some(kind), "config {config}: {family} is not a {kind}");
-            }
         }
+        for (family, kind) in [
+            ("llm_requests_total", "counter"),
+            ("llm_tokens_total", "counter"),
+            ("llm_request_duration_ms", "histogram"),
+            ("llm_active_requests", "gauge"),
+        ] {
+            ensure!(
+                s.types.get(family).map(String::as_str) == Some(kind),
+                "config {config}: {family} is not a {kind}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The native module loads with the ABI version Envoy 1.40 checks ("matched", not "deprecated"),
+/// and a configuration it rejects stops Envoy with one log line naming the field and value, the
+/// same message the wasm build logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_module_matches_envoys_abi_and_names_a_rejected_config_field() {
+    bounded(Duration::from_secs(60), async {
+        let upstream = Upstream::start().await?;
+        let envoy = Envoy::start_build(Build::Native, upstream.port, "{}").await?;
+        let log = envoy.proc.log();
+        ensure!(
+            log.contains("Dynamic module ABI version v0.2.0 matched."),
+            "no ABI match line in Envoy's log:\n{}",
+            envoy.proc.log_tail()
+        );
+        ensure!(
+            !log.contains("deprecated"),
+            "Envoy warned about the module's ABI version:\n{log}"
+        );
+        ensure!(
+            log.contains("llm-metrics-filter: configured"),
+            "the module did not log its configuration"
+        );
+        drop(envoy);
+        let err =
+            match Envoy::start_build(Build::Native, upstream.port, r#"{"max_models":0}"#).await {
+                Ok(_) => bail!("Envoy started with max_models 0"),
+                Err(e) => format!("{e:#}"),
+            };
+        ensure!(
+            err.contains("invalid configuration: field `max_models`: 0 is out of range 1..=1024"),
+            "the error does not name the field and value:\n{err}"
+        );
         Ok(())
     })
     .await;

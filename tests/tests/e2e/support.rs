@@ -59,6 +59,28 @@ pub fn wasm_file() -> Result<PathBuf> {
     )
 }
 
+/// The directory holding the native build, `libllm_metrics_filter.so` (Envoy's module search path).
+pub fn module_dir() -> Result<PathBuf> {
+    required(
+        "target/release/libllm_metrics_filter.so",
+        "cargo build --release -p llm-metrics-filter --features dynamic-module",
+    )?;
+    Ok(repo_root().join("target/release"))
+}
+
+/// Which build of the filter an Envoy runs: both must give the same series for the same traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// The proxy-wasm `.wasm` in V8, `envoy/envoy.yaml`.
+    Wasm,
+    /// The native dynamic module, `envoy/envoy-dynamic-module.yaml`.
+    Native,
+}
+
+impl Build {
+    pub const ALL: [Build; 2] = [Build::Wasm, Build::Native];
+}
+
 pub fn engine_bin() -> Result<PathBuf> {
     required(
         "target/debug/qwen3-engine",
@@ -127,6 +149,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the process's log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -180,7 +207,8 @@ where
     }
 }
 
-/// A real Envoy 1.40 with the shipped `.wasm`, configured by `envoy/render.sh` from `envoy/envoy.yaml`.
+/// A real Envoy 1.40 with one build of the filter, configured by `envoy/render.sh` from
+/// `envoy/envoy.yaml` (wasm) or `envoy/envoy-dynamic-module.yaml` (native).
 pub struct Envoy {
     pub proc: Proc,
     pub gateway_port: u16,
@@ -190,15 +218,24 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy (`--concurrency 2`, two worker VMs) in front of `upstream_port` with the filter
-    /// configuration `filter_config`, and waits until it is ready.
+    /// Starts Envoy with the wasm build (see [`Envoy::start_build`]).
     pub async fn start(upstream_port: u16, filter_config: &str) -> Result<Envoy> {
+        Envoy::start_build(Build::Wasm, upstream_port, filter_config).await
+    }
+
+    /// Starts Envoy (`--concurrency 2`, two workers) with `build` of the filter in front of
+    /// `upstream_port` with the filter configuration `filter_config`, and waits until it is ready.
+    pub async fn start_build(
+        build: Build,
+        upstream_port: u16,
+        filter_config: &str,
+    ) -> Result<Envoy> {
         // A port picked by free_port() can be taken by someone else before Envoy binds it; only
         // that failure is retried, with new ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Envoy::start_once(upstream_port, filter_config).await {
+            match Envoy::start_once(build, upstream_port, filter_config).await {
                 Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
                     continue
                 }
@@ -207,20 +244,28 @@ impl Envoy {
         }
     }
 
-    async fn start_once(upstream_port: u16, filter_config: &str) -> Result<Envoy> {
+    async fn start_once(build: Build, upstream_port: u16, filter_config: &str) -> Result<Envoy> {
         let envoy = envoy_bin()?;
-        let wasm = wasm_file()?;
         let dir = tempfile::Builder::new().prefix("e2e-envoy-").tempdir()?;
         let (gateway_port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
-        let out = Command::new(repo_root().join("envoy/render.sh"))
+        let mut render = Command::new(repo_root().join("envoy/render.sh"));
+        render
             .env("GATEWAY_PORT", gateway_port.to_string())
             .env("ADMIN_PORT", admin_port.to_string())
             .env("METRICS_PORT", metrics_port.to_string())
             .env("UPSTREAM_PORT", upstream_port.to_string())
-            .env("WASM_FILE", &wasm)
-            .env("FILTER_CONFIG", filter_config)
-            .output()
-            .context("running envoy/render.sh")?;
+            .env("FILTER_CONFIG", filter_config);
+        let mut cmd = Command::new(envoy);
+        match build {
+            Build::Wasm => {
+                render.env("WASM_FILE", wasm_file()?);
+            }
+            Build::Native => {
+                render.arg("dynamic-module");
+                cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir()?);
+            }
+        }
+        let out = render.output().context("running envoy/render.sh")?;
         if !out.status.success() {
             bail!(
                 "envoy/render.sh failed: {}",
@@ -229,7 +274,6 @@ impl Envoy {
         }
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, &out.stdout)?;
-        let mut cmd = Command::new(envoy);
         cmd.arg("-c")
             .arg(&config)
             .args([
@@ -238,6 +282,9 @@ impl Envoy {
                 "--use-dynamic-base-id",
                 "-l",
                 "warning",
+                // The module loader's "ABI version … matched." line (info) stays in the log.
+                "--component-log-level",
+                "dynamic_modules:info",
             ])
             .current_dir(repo_root());
         let mut proc = Proc::spawn("envoy", cmd, dir.path().join("envoy.log"), false)?;

@@ -117,3 +117,52 @@ fn the_envoy_config_sets_buckets_for_the_three_histograms() {
         ]
     );
 }
+
+/// `envoy/envoy-dynamic-module.yaml` is the same gateway as `envoy/envoy.yaml` with the native
+/// filter: once the parts that must differ are set aside (the filter entry, the bucket matchers and
+/// tags that follow each build's stat names, the runtime flag), the two documents are equal, so a
+/// change to listeners, routes, timeouts or clusters cannot land in one build only.
+#[test]
+fn the_native_bootstrap_differs_from_the_wasm_one_only_in_the_filter_and_stat_naming() {
+    use serde_yaml_ng::Value;
+    let load = |name: &str| -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../envoy")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    // The gateway listener's HTTP filters: [our filter, router].
+    fn http_filters(doc: &mut Value) -> &mut Vec<Value> {
+        let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+        match &mut hcm["typed_config"]["http_filters"] {
+            Value::Sequence(s) => s,
+            other => panic!("http_filters is not a list: {other:?}"),
+        }
+    }
+    let (mut wasm, mut native) = (load("envoy.yaml"), load("envoy-dynamic-module.yaml"));
+    let wasm_filter = http_filters(&mut wasm).remove(0);
+    let native_filter = http_filters(&mut native).remove(0);
+    assert_eq!(wasm_filter["name"], "envoy.filters.http.wasm");
+    assert_eq!(native_filter["name"], "envoy.filters.http.dynamic_modules");
+    let module = &native_filter["typed_config"];
+    assert_eq!(
+        module["dynamic_module_config"]["name"],
+        "llm_metrics_filter"
+    );
+    assert_eq!(
+        module["filter_config"]["value"],
+        wasm_filter["typed_config"]["config"]["configuration"]["value"],
+        "both builds ship the same filter configuration"
+    );
+    let flag = &native["layered_runtime"]["layers"][0]["static_layer"]
+        ["envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix"];
+    assert_eq!(flag, &Value::Bool(true));
+    for doc in [&mut wasm, &mut native] {
+        if let Value::Mapping(m) = doc {
+            m.remove("stats_config");
+            m.remove("layered_runtime");
+        }
+    }
+    assert_eq!(wasm, native);
+}
