@@ -739,122 +739,34 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     });
 }
 
-/// Unused: this filter starts no HTTP callouts.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-    _callout_id: u64,
-    _result: u32,
-    _headers: *const std::ffi::c_void,
-    _headers_size: usize,
-    _body_chunks: *const EnvoyBuffer,
-    _body_chunks_size: usize,
-) {
+/// Exports event hooks Envoy looks up but this filter never needs (it starts no HTTP callouts or
+/// streams, schedules nothing and is not a terminal filter): each does nothing.
+macro_rules! unused_hooks {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        /// Unused by this filter (Envoy requires the symbol).
+        ///
+        /// # Safety
+        /// Never dereferences its arguments.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(_envoy: FilterEnvoyPtr, _module: abi::FilterModulePtr, $($arg: $ty),*) {
+            let _ = ($($arg,)*);
+        }
+    )*};
 }
 
-/// Unused: this filter starts no HTTP streams.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-    _stream_id: u64,
-    _headers: *const std::ffi::c_void,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-/// Unused: this filter starts no HTTP streams.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
-}
-
-/// Unused: this filter starts no HTTP streams.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-    _stream_id: u64,
-    _trailers: *const std::ffi::c_void,
-    _trailers_size: usize,
-) {
-}
-
-/// Unused: this filter starts no HTTP streams.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-    _stream_id: u64,
-) {
-}
-
-/// Unused: this filter starts no HTTP streams.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-    _stream_id: u64,
-    _reason: u32,
-) {
-}
-
-/// Unused: this filter schedules nothing.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-    _event_id: u64,
-) {
-}
-
-/// Unused: this filter is not a terminal filter.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-) {
-}
-
-/// Unused: this filter is not a terminal filter.
-///
-/// # Safety
-/// Never dereferences its arguments.
-#[no_mangle]
-pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _envoy: FilterEnvoyPtr,
-    _module: abi::FilterModulePtr,
-) {
+unused_hooks! {
+    envoy_dynamic_module_on_http_filter_http_callout_done(
+        callout_id: u64, result: u32, headers: *const std::ffi::c_void, headers_size: usize,
+        body_chunks: *const EnvoyBuffer, body_chunks_size: usize);
+    envoy_dynamic_module_on_http_filter_http_stream_headers(
+        stream_id: u64, headers: *const std::ffi::c_void, headers_size: usize, end_stream: bool);
+    envoy_dynamic_module_on_http_filter_http_stream_data(
+        stream_id: u64, data: *const EnvoyBuffer, data_count: usize, end_stream: bool);
+    envoy_dynamic_module_on_http_filter_http_stream_trailers(
+        stream_id: u64, trailers: *const std::ffi::c_void, trailers_size: usize);
+    envoy_dynamic_module_on_http_filter_http_stream_complete(stream_id: u64);
+    envoy_dynamic_module_on_http_filter_http_stream_reset(stream_id: u64, reason: u32);
+    envoy_dynamic_module_on_http_filter_scheduled(event_id: u64);
+    envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark();
+    envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark();
 }

@@ -273,6 +273,22 @@ def cpu_ns(pid):
     return total
 
 
+def worker_reads(pid):
+    """Read syscalls of Envoy's worker threads: about one per body callback, so reads per request
+    show whether a paced stream really reached Envoy one event at a time in every variant."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("wrk:"):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/io") as f:
+                total += int(next(l for l in f if l.startswith("syscr:")).split()[1])
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -474,11 +490,16 @@ def print_tables(res):
         cells = "".join(f"{d[v]['cpu_us']:>10.1f} (×{d[v]['ratio']:.2f})" for v in VARIANTS)
         print(f"{w:<24}{cells}{100 * d['wasm_own_work']:>9.1f}%")
     print("  (wasm own = (wasm on − wasm idle) / Envoy alone)")
-    print("\nClient-side latency per request: p99 (ms) of Envoy alone, and each variant's p99 minus it (ms)")
-    print(f"{'workload':<24}{'alone p99':>11}" + "".join(f"{LABELS[v]:>13}" for v in VARIANTS[1:]))
+    print("\nWorker read syscalls per request (≈ body callbacks; similar across variants = same pacing)")
+    print(f"{'workload':<24}" + "".join(f"{LABELS[v]:>13}" for v in VARIANTS))
     for w, d in wl.items():
-        print(f"{w:<24}{d['alone']['p99_ms']:>11.2f}" +
-              "".join(f"{d[v]['p99_added_ms']:>+13.2f}" for v in VARIANTS[1:]))
+        print(f"{w:<24}" + "".join(f"{d[v]['reads_per_request']:>13.1f}" for v in VARIANTS))
+    print("\nClient-side latency per request: Envoy alone's p99 (p50) in ms, and each variant's p99 (p50) "
+          "minus it, in ms")
+    print(f"{'workload':<24}{'alone':>17}" + "".join(f"{LABELS[v]:>17}" for v in VARIANTS[1:]))
+    for w, d in wl.items():
+        print(f"{w:<24}{d['alone']['p99_ms']:>8.2f} ({d['alone']['p50_ms']:>6.2f})" +
+              "".join(f"{d[v]['p99_added_ms']:>+8.2f} ({d[v]['p50_added_ms']:>+6.2f})" for v in VARIANTS[1:]))
     print(f"\nEnvoy VmRSS with {res['held_streams']} open streams (KiB)")
     print(f"{'variant':<14}{'idle RSS':>10}{'RSS open':>10}{'KiB/stream':>12}{'vs alone':>10}")
     for v in VARIANTS:
@@ -499,10 +520,13 @@ def main():
                                                    "llm_metrics_filter.wasm"))
     ap.add_argument("--module-dir", default=os.path.join(ROOT, "target", "release"),
                     help="directory holding libllm_metrics_filter.so")
+    ap.add_argument("--gap-32conn-ms", type=float, default=0.3,
+                    help="event gap of the 32-connection stream (0.3 = the 1-connection one)")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--svg", metavar="FILE", help="write a bar chart of the CPU ratios")
     args = ap.parse_args()
     t_start = time.time()
+    WORKLOADS["stream_256_paced_32conn"][0]["gap_ms"] = args.gap_32conn_ms
     rounds = args.rounds or (2 if args.quick else 6)
     held = args.held or (200 if args.quick else 1000)
     counts = {"nonstream_1KiB": 200 if args.quick else 2000,
@@ -569,17 +593,18 @@ def main():
         print(f"{len(VARIANTS)} Envoys up after {time.time() - t_start:.1f} s; configs and logs in {tmp}",
               flush=True)
 
-        cpu = {(w, v): [0, 0] for w in WORKLOADS for v in VARIANTS}
+        cpu = {(w, v): [0, 0, 0] for w in WORKLOADS for v in VARIANTS}
         lat = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
         for r in range(rounds):
             for w, (body, conns) in WORKLOADS.items():
                 for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:
                     gw, _ = ports[v]
                     pid = procs[v].pid
-                    before = cpu_ns(pid)
+                    before, reads = cpu_ns(pid), worker_reads(pid)
                     drive(gw, body, counts[w], conns, lat[(w, v)])
                     cpu[(w, v)][0] += cpu_ns(pid) - before
                     cpu[(w, v)][1] += counts[w]
+                    cpu[(w, v)][2] += worker_reads(pid) - reads
             print(f"round {r + 1}/{rounds} done at {time.time() - t_start:.1f} s", flush=True)
 
         # Each variant really did its job: its per-model request counter counts.
@@ -607,12 +632,14 @@ def main():
         for w in WORKLOADS:
             d = {}
             for v in VARIANTS:
-                ns, n = cpu[(w, v)]
-                d[v] = {"cpu_us": ns / n / 1000, "requests": n, "p99_ms": 1000 * p99(lat[(w, v)]),
+                ns, n, reads = cpu[(w, v)]
+                d[v] = {"cpu_us": ns / n / 1000, "requests": n, "reads_per_request": reads / n,
+                        "p99_ms": 1000 * p99(lat[(w, v)]),
                         "p50_ms": 1000 * sorted(lat[(w, v)])[len(lat[(w, v)]) // 2]}
             for v in VARIANTS:
                 d[v]["ratio"] = d[v]["cpu_us"] / d["alone"]["cpu_us"]
                 d[v]["p99_added_ms"] = d[v]["p99_ms"] - d["alone"]["p99_ms"]
+                d[v]["p50_added_ms"] = d[v]["p50_ms"] - d["alone"]["p50_ms"]
             d["wasm_own_work"] = (d["wasm_on"]["cpu_us"] - d["wasm_idle"]["cpu_us"]) / d["alone"]["cpu_us"]
             res["workloads"][w] = d
 

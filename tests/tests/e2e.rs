@@ -179,6 +179,20 @@ async fn golden_fixtures_through_the_native_module_produce_the_same_series() {
     bounded(Duration::from_secs(240), golden_fixtures(Build::Native)).await;
 }
 
+/// Runs `check` with each build of the filter, one after another; an error names the build.
+async fn each_build<F, Fut>(check: F) -> Result<()>
+where
+    F: Fn(Build) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    for build in Build::ALL {
+        check(build)
+            .await
+            .with_context(|| format!("{build:?} build"))?;
+    }
+    Ok(())
+}
+
 /// Fixtures are grouped by filter configuration, one Envoy per group (the default group shared by
 /// three Envoys to keep the run short); the fixtures of one Envoy run one after another.
 async fn golden_fixtures(build: Build) -> Result<()> {
@@ -396,12 +410,7 @@ fn load_fixture(name: &str) -> Result<Fixture> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_mid_stream_is_counted_as_client_abort() {
     bounded(Duration::from_secs(120), async {
-        for build in Build::ALL {
-            client_disconnect_mid_stream_is_counted_as_client_abort_with(build)
-                .await
-                .with_context(|| format!("{build:?} build"))?;
-        }
-        Ok(())
+        each_build(client_disconnect_mid_stream_is_counted_as_client_abort_with).await
     })
     .await;
 }
@@ -428,12 +437,7 @@ async fn client_disconnect_mid_stream_is_counted_as_client_abort_with(build: Bui
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_reset_mid_stream_is_counted_as_upstream_abort() {
     bounded(Duration::from_secs(120), async {
-        for build in Build::ALL {
-            upstream_reset_mid_stream_is_counted_as_upstream_abort_with(build)
-                .await
-                .with_context(|| format!("{build:?} build"))?;
-        }
-        Ok(())
+        each_build(upstream_reset_mid_stream_is_counted_as_upstream_abort_with).await
     })
     .await;
 }
@@ -503,12 +507,7 @@ async fn upstream_reset_mid_stream_is_counted_as_upstream_abort_with(build: Buil
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_streams_on_two_workers_are_all_counted() {
     bounded(Duration::from_secs(120), async {
-        for build in Build::ALL {
-            concurrent_streams_on_two_workers_are_all_counted_with(build)
-                .await
-                .with_context(|| format!("{build:?} build"))?;
-        }
-        Ok(())
+        each_build(concurrent_streams_on_two_workers_are_all_counted_with).await
     })
     .await;
 }
@@ -922,12 +921,8 @@ async fn wait_prom(prom: &Prometheus, expr: &str, limit: Duration) -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_loads_with_default_and_full_config_and_exports_the_contract_names() {
     bounded(Duration::from_secs(120), async {
-        for build in Build::ALL {
-            filter_loads_with_default_and_full_config_and_exports_the_contract_names_with(build)
-                .await
-                .with_context(|| format!("{build:?} build"))?;
-        }
-        Ok(())
+        each_build(filter_loads_with_default_and_full_config_and_exports_the_contract_names_with)
+            .await
     })
     .await;
 }
