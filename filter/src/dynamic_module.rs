@@ -546,6 +546,30 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: abi
     }
 }
 
+/// Runs a stream hook on the module's filter behind `module` (nothing when there is none) and
+/// answers Envoy's "continue": the filter never stops, buffers or alters a stream.
+///
+/// # Safety
+/// `module` must be a live pointer returned by `envoy_dynamic_module_on_http_filter_new`.
+unsafe fn on_stream(module: abi::FilterModulePtr, hook: impl FnOnce(&mut Filter)) -> u32 {
+    guard(abi::CONTINUE, || {
+        // SAFETY: see the function's contract.
+        if let Some(f) = unsafe { filter(module) } {
+            hook(f);
+        }
+        abi::CONTINUE
+    })
+}
+
+impl Filter {
+    /// The configuration and, for a watched request, the exchange, borrowed apart.
+    fn parts<'a>(&'a mut self) -> (&'a FilterConfig, Option<&'a mut Exchange>) {
+        // SAFETY: as in `Filter::config`; a copy of the pointer, so the exchange stays borrowable.
+        let config: &'a FilterConfig = unsafe { &*self.config };
+        (config, self.exchange.as_mut())
+    }
+}
+
 /// # Safety
 /// Envoy's filter pointer and this module's filter pointer of one live stream.
 #[no_mangle]
@@ -554,24 +578,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     module: abi::FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    guard(abi::CONTINUE, || {
-        // SAFETY: see the function's contract.
-        let Some(f) = (unsafe { filter(module) }) else {
-            return abi::CONTINUE;
-        };
+    on_stream(module, |f| {
         let Some(api) = header_str(envoy, abi::REQUEST_HEADER, ":path")
             .and_then(|p| f.config().config.api_for_path(p))
         else {
-            return abi::CONTINUE;
+            return;
         };
         if header(envoy, abi::REQUEST_HEADER, ":method") != Some(b"POST") {
-            return abi::CONTINUE;
+            return;
         }
         f.exchange = Some(Exchange::new(api, now_ns()));
         if end_of_stream {
             f.request_chunk(envoy, &[], true);
         }
-        abi::CONTINUE
     })
 }
 
@@ -583,11 +602,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     module: abi::FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    guard(abi::CONTINUE, || {
-        // SAFETY: see the function's contract.
-        let Some(f) = (unsafe { filter(module) }) else {
-            return abi::CONTINUE;
-        };
+    on_stream(module, |f| {
         if f.exchange
             .as_ref()
             .is_some_and(Exchange::wants_request_body)
@@ -596,7 +611,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
                 f.request_chunk(envoy, chunk, end_of_stream && last);
             });
         }
-        abi::CONTINUE
     })
 }
 
@@ -607,17 +621,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     envoy: FilterEnvoyPtr,
     module: abi::FilterModulePtr,
 ) -> u32 {
-    guard(abi::CONTINUE, || {
-        // SAFETY: see the function's contract.
-        if let Some(f) = unsafe { filter(module) } {
-            if f.exchange
-                .as_ref()
-                .is_some_and(Exchange::wants_request_body)
-            {
-                f.request_chunk(envoy, &[], true);
-            }
+    on_stream(module, |f| {
+        if f.exchange
+            .as_ref()
+            .is_some_and(Exchange::wants_request_body)
+        {
+            f.request_chunk(envoy, &[], true);
         }
-        abi::CONTINUE
     })
 }
 
@@ -629,21 +639,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     module: abi::FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    guard(abi::CONTINUE, || {
-        // SAFETY: see the function's contract.
-        let Some(f) = (unsafe { filter(module) }) else {
-            return abi::CONTINUE;
-        };
-        let config = f.config;
-        let Some(ex) = &mut f.exchange else {
-            return abi::CONTINUE;
+    on_stream(module, |f| {
+        let (config, Some(ex)) = f.parts() else {
+            return;
         };
         let status =
             header_str(envoy, abi::RESPONSE_HEADER, ":status").and_then(|s| s.trim().parse().ok());
         let content_type = header_str(envoy, abi::RESPONSE_HEADER, "content-type");
         let encoding = header_str(envoy, abi::RESPONSE_HEADER, "content-encoding");
-        // SAFETY: as in `Filter::config`.
-        let config: &FilterConfig = unsafe { &*config };
         ex.response_headers(
             status,
             content_type,
@@ -651,7 +654,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
             end_of_stream,
             &config.config,
         );
-        abi::CONTINUE
     })
 }
 
@@ -663,17 +665,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     module: abi::FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    guard(abi::CONTINUE, || {
-        // SAFETY: see the function's contract.
-        let Some(f) = (unsafe { filter(module) }) else {
-            return abi::CONTINUE;
+    on_stream(module, |f| {
+        let (config, Some(ex)) = f.parts() else {
+            return;
         };
-        let config = f.config;
-        let Some(ex) = &mut f.exchange else {
-            return abi::CONTINUE;
-        };
-        // SAFETY: as in `Filter::config`.
-        let config: &FilterConfig = unsafe { &*config };
         if ex.wants_response_body() {
             for_each_body_slice(envoy, abi::RECEIVED_RESPONSE_BODY, |chunk, last| {
                 ex.response_body(chunk, end_of_stream && last, &config.config, &mut now_ns);
@@ -681,7 +676,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         } else if end_of_stream {
             ex.response_end();
         }
-        abi::CONTINUE
     })
 }
 
@@ -692,12 +686,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     _envoy: FilterEnvoyPtr,
     module: abi::FilterModulePtr,
 ) -> u32 {
-    guard(abi::CONTINUE, || {
-        // SAFETY: see the function's contract.
-        if let Some(ex) = unsafe { filter(module) }.and_then(|f| f.exchange.as_mut()) {
+    on_stream(module, |f| {
+        if let Some(ex) = f.exchange.as_mut() {
             ex.response_end();
         }
-        abi::CONTINUE
     })
 }
 

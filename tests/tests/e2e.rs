@@ -422,14 +422,20 @@ async fn client_disconnect_mid_stream_is_counted_as_client_abort_with(build: Bui
         .expect
         .iter()
         .any(|e| e.labels.get("outcome").map(String::as_str) == Some("client_abort")));
+    replay_alone(build, &f).await?;
+    Ok(())
+}
+
+/// One fixture through a fresh upstream and Envoy with `build`; both are returned for more traffic.
+async fn replay_alone(build: Build, f: &Fixture) -> Result<(Upstream, Envoy)> {
     let upstream = Upstream::start().await?;
-    upstream.add(&f.name, fixture_script(&f)?);
+    upstream.add(&f.name, fixture_script(f)?);
     let envoy = Envoy::start_build(build, upstream.port, &f.config_text()).await?;
     let base = envoy.scrape_merged().await?;
-    replay_fixture(&envoy, &base, &f)
+    replay_fixture(&envoy, &base, f)
         .await
         .with_context(|| format!("fixture {}", f.name))?;
-    Ok(())
+    Ok((upstream, envoy))
 }
 
 /// The upstream closes the connection mid-event, without the chunked terminator:
@@ -445,13 +451,7 @@ async fn upstream_reset_mid_stream_is_counted_as_upstream_abort() {
 async fn upstream_reset_mid_stream_is_counted_as_upstream_abort_with(build: Build) -> Result<()> {
     let f = load_fixture("stream_upstream_reset")?;
     ensure!(f.end == End::UpstreamAbort);
-    let upstream = Upstream::start().await?;
-    upstream.add(&f.name, fixture_script(&f)?);
-    let envoy = Envoy::start_build(build, upstream.port, &f.config_text()).await?;
-    let base = envoy.scrape_merged().await?;
-    replay_fixture(&envoy, &base, &f)
-        .await
-        .with_context(|| format!("fixture {}", f.name))?;
+    let (upstream, envoy) = replay_alone(build, &f).await?;
     // The same with a scripted stream cut after three tokens.
     let mut s = paced_stream(Duration::from_millis(20), Duration::from_millis(10), 6, 4);
     s.chunks.truncate(4); // role chunk + 3 tokens
