@@ -289,14 +289,20 @@ impl Exchange {
     /// Ends the exchange at `now_ns` (from `on_log` or the stream-complete callback).
     /// `response_flags` reads Envoy's response flags (a bit set, see [`RESPONSE_FLAG_DOWNSTREAM_DISCONNECT`]);
     /// it is asked only when the response did not end, to tell a client abort from an upstream one.
+    /// A stream whose end marker (`[DONE]`, a `finish_reason`, a final Responses event) already
+    /// passed through is `completed` whether or not the HTTP body's end followed.
     pub fn finish(&mut self, now_ns: u64, response_flags: &mut dyn FnMut() -> u64) -> Observation {
         let outcome = if self.status.is_some_and(|s| s >= 400) || self.error_seen {
             Outcome::Error
+        } else if self.sse && self.stream_end_seen {
+            // The stream's own end passed through: the client has the whole answer, even when it
+            // (or the upstream) closes before the HTTP body's end.
+            Outcome::Completed
         } else if self.response_ended {
-            if !self.sse || self.stream_end_seen {
-                Outcome::Completed
-            } else {
+            if self.sse {
                 Outcome::UpstreamAbort
+            } else {
+                Outcome::Completed
             }
         } else if response_flags() & RESPONSE_FLAG_DOWNSTREAM_DISCONNECT != 0 {
             Outcome::ClientAbort

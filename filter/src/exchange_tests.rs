@@ -269,6 +269,50 @@ fn no_end_of_response_is_a_client_or_upstream_abort_by_the_flags() {
 }
 
 #[test]
+fn a_stream_whose_end_passed_is_completed_even_if_the_body_never_ends() {
+    let config = cfg();
+    // [DONE], a finish_reason and a final Responses event each end a stream.
+    let ends = [
+        (Api::ChatCompletions, "data: [DONE]\n\n"),
+        (
+            Api::ChatCompletions,
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        ),
+        (
+            Api::Responses,
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":null}}\n\n",
+        ),
+    ];
+    for (api, end) in ends {
+        for flags in [DC, 0] {
+            let mut ex = Exchange::new(api, 0);
+            chat_stream_request(&mut ex, &config);
+            ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+            ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
+            ex.response_body(end.as_bytes(), false, &config, &mut || 2 * MS);
+            // The client (DC) or the upstream closes before the body's own end.
+            let obs = ex.finish(3 * MS, &mut || flags);
+            assert_eq!(obs.outcome, Outcome::Completed, "{end} flags {flags}");
+        }
+    }
+}
+
+#[test]
+fn an_error_before_the_end_still_wins_over_an_early_close() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(
+        b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n",
+        false,
+        &config,
+        &mut || 0,
+    );
+    assert_eq!(ex.finish(MS, &mut || DC).outcome, Outcome::Error);
+}
+
+#[test]
 fn a_request_body_in_many_chunks_or_with_trailers_is_parsed_once_complete() {
     let config = cfg();
     let body = br#"{"messages":[{"role":"user","content":"hello"}],"model":"Qwen/Qwen3-1.7B","stream":false}"#;
