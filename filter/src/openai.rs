@@ -114,9 +114,18 @@ pub fn parse_response(body: &[u8]) -> Result<ResponseInfo, serde_json::Error> {
 
 /// What one stream event says.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct EventInfo {
+pub struct EventInfo<'a> {
     /// The event carries generated text, reasoning, a refusal or a tool call.
     pub token: bool,
+    /// The event carries reasoning (`reasoning_content`, `reasoning`, a `response.reasoning*` delta).
+    pub reasoning: bool,
+    /// The event carries answer output other than chat `content` text: a refusal, a tool call,
+    /// completions `text`, a Responses output delta that is not reasoning, non-string `content`.
+    pub answer: bool,
+    /// The non-empty text of a chat delta's `content` (JSON-unescaped; borrowed unless it had
+    /// escapes). Whether it is answer or reasoning depends on `<think>` tags, which the caller
+    /// tracks across events.
+    pub content: Option<Cow<'a, str>>,
     /// The event marks the end of the stream (`[DONE]`, a `finish_reason`, a final Responses event).
     pub end: bool,
     /// The event reports an error.
@@ -180,10 +189,85 @@ impl<'de> Deserialize<'de> for NonEmpty {
     }
 }
 
+/// A delta's `content`: text (kept, for the `<think>` tags), or any other JSON value (only whether it
+/// is non-empty).
+#[derive(Default)]
+enum Content<'a> {
+    #[default]
+    Empty,
+    Text(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Content<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Content<'de>, E> {
+                Ok(if s.is_empty() {
+                    Content::Empty
+                } else {
+                    Content::Text(Cow::Borrowed(s))
+                })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Content<'de>, E> {
+                // Only strings with escapes get here (serde_json borrows the others).
+                Ok(if s.is_empty() {
+                    Content::Empty
+                } else {
+                    Content::Text(Cow::Owned(s.to_owned()))
+                })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Content<'de>, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Content<'de>, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Content<'de>, D::Error> {
+                Content::deserialize(d)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Content<'de>, A::Error> {
+                let any = NonEmpty::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(if any.0 {
+                    Content::Other
+                } else {
+                    Content::Empty
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Content<'de>, A::Error> {
+                let any = NonEmpty::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(if any.0 {
+                    Content::Other
+                } else {
+                    Content::Empty
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Deserialize)]
-struct DeltaView {
-    #[serde(default)]
-    content: NonEmpty,
+struct DeltaView<'a> {
+    #[serde(default, borrow)]
+    content: Content<'a>,
     #[serde(default)]
     reasoning_content: NonEmpty,
     #[serde(default)]
@@ -194,48 +278,50 @@ struct DeltaView {
     tool_calls: NonEmpty,
 }
 
-impl DeltaView {
-    fn has_tokens(&self) -> bool {
-        self.content.0
-            || self.reasoning_content.0
-            || self.reasoning.0
-            || self.refusal.0
-            || self.tool_calls.0
-    }
-}
-
 #[derive(Deserialize)]
-struct ChoiceView {
-    delta: Option<DeltaView>,
+struct ChoiceView<'a> {
+    #[serde(borrow)]
+    delta: Option<DeltaView<'a>>,
     #[serde(default)]
     text: NonEmpty,
     finish_reason: Option<IgnoredAny>,
 }
 
-/// The `choices` array folded into two flags while it is parsed (no Vec of choices is built).
+/// The `choices` array folded into a few flags while it is parsed (no Vec of choices is built).
+/// Only the first choice's `content` text is kept; any other choice's content counts as answer.
 #[derive(Default)]
-struct Choices {
-    token: bool,
+struct Choices<'a> {
+    reasoning: bool,
+    answer: bool,
+    content: Option<Cow<'a, str>>,
     finished: bool,
 }
 
-impl<'de> Deserialize<'de> for Choices {
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Choices;
+            type Value = Choices<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an array of choices")
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Choices, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Choices<'de>, E> {
                 Ok(Choices::default())
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices<'de>, A::Error> {
                 let mut c = Choices::default();
-                while let Some(choice) = seq.next_element::<ChoiceView>()? {
-                    c.token |=
-                        choice.text.0 || choice.delta.as_ref().is_some_and(DeltaView::has_tokens);
+                while let Some(choice) = seq.next_element::<ChoiceView<'de>>()? {
+                    c.answer |= choice.text.0;
                     c.finished |= choice.finish_reason.is_some();
+                    let Some(delta) = choice.delta else { continue };
+                    c.reasoning |= delta.reasoning_content.0 || delta.reasoning.0;
+                    c.answer |= delta.refusal.0 || delta.tool_calls.0;
+                    match delta.content {
+                        Content::Empty => {}
+                        Content::Other => c.answer = true,
+                        Content::Text(t) if c.content.is_none() => c.content = Some(t),
+                        Content::Text(_) => c.answer = true,
+                    }
                 }
                 Ok(c)
             }
@@ -251,8 +337,8 @@ struct ResponseObjectView {
 
 #[derive(Deserialize)]
 struct EventView<'a> {
-    #[serde(default)]
-    choices: Choices,
+    #[serde(default, borrow)]
+    choices: Choices<'a>,
     usage: Option<UsageView>,
     error: Option<IgnoredAny>,
     #[serde(rename = "type", borrow)]
@@ -264,31 +350,43 @@ struct EventView<'a> {
     response: Option<ResponseObjectView>,
 }
 
-/// Responses API event types whose non-empty `delta` is generated output.
-const TOKEN_EVENT_TYPES: [&str; 5] = [
-    "response.output_text.delta",
-    "response.reasoning_text.delta",
-    "response.reasoning_summary_text.delta",
-    "response.refusal.delta",
-    "response.function_call_arguments.delta",
-];
+/// Whether a Responses API event type carries model output in its `delta`: every
+/// `response.<...>.delta` (output text, refusal, reasoning text and summaries, function, custom
+/// tool, MCP and code-interpreter arguments or code, and any later kind), except audio: a
+/// `response.audio.delta` is a base64 slice of sound cut at arbitrary bytes, not a token, and
+/// `response.audio.transcript.delta` is a text rendering of that same audio.
+fn is_output_delta(kind: &str) -> bool {
+    kind.starts_with("response.")
+        && kind.ends_with(".delta")
+        && !kind.starts_with("response.audio.")
+}
 
 /// Reads one SSE event. `event_type` is the SSE `event:` field (empty when absent).
-pub fn parse_event(event_type: &[u8], data: &[u8]) -> Result<EventInfo, serde_json::Error> {
+pub fn parse_event<'a>(
+    event_type: &[u8],
+    data: &'a [u8],
+) -> Result<EventInfo<'a>, serde_json::Error> {
     if data.trim_ascii() == b"[DONE]" {
         return Ok(EventInfo {
             end: true,
             ..EventInfo::default()
         });
     }
-    let v: EventView<'_> = serde_json::from_slice(data)?;
+    let v: EventView<'a> = serde_json::from_slice(data)?;
     let kind = v.kind.as_deref().unwrap_or("");
     let usage = v
         .usage
         .or(v.response.and_then(|r| r.usage))
         .map(Usage::from);
+    let delta = v.delta.0 && is_output_delta(kind);
+    let delta_reasoning = delta && kind.starts_with("response.reasoning");
+    let reasoning = v.choices.reasoning || delta_reasoning;
+    let answer = v.choices.answer || (delta && !delta_reasoning);
     Ok(EventInfo {
-        token: v.choices.token || (v.delta.0 && TOKEN_EVENT_TYPES.contains(&kind)),
+        token: reasoning || answer || v.choices.content.is_some(),
+        reasoning,
+        answer,
+        content: v.choices.content,
         end: v.choices.finished
             || matches!(
                 kind,
@@ -306,7 +404,7 @@ pub fn parse_event(event_type: &[u8], data: &[u8]) -> Result<EventInfo, serde_js
 mod tests {
     use super::*;
 
-    fn ev(data: &str) -> EventInfo {
+    fn ev(data: &str) -> EventInfo<'_> {
         parse_event(b"", data.as_bytes()).unwrap()
     }
 
@@ -487,6 +585,84 @@ mod tests {
         );
         assert!(e.end && e.error);
         assert!(ev(r#"{"type":"error","code":"x","message":"y"}"#).error);
+    }
+
+    #[test]
+    fn every_responses_output_delta_is_a_token_event() {
+        for (kind, reasoning) in [
+            ("response.output_text.delta", false),
+            ("response.refusal.delta", false),
+            ("response.function_call_arguments.delta", false),
+            ("response.custom_tool_call_input.delta", false),
+            ("response.mcp_call_arguments.delta", false),
+            ("response.code_interpreter_call_code.delta", false),
+            ("response.reasoning_text.delta", true),
+            ("response.reasoning_summary_text.delta", true),
+            // A kind this filter has never heard of follows the same rule.
+            ("response.some_future_tool_call.delta", false),
+        ] {
+            let data = format!(
+                r#"{{"type":"{kind}","item_id":"i","output_index":0,"delta":"x","sequence_number":3}}"#
+            );
+            let e = ev(&data);
+            assert!(e.token, "{kind}");
+            assert_eq!((e.reasoning, e.answer), (reasoning, !reasoning), "{kind}");
+            assert!(e.content.is_none() && !e.end && !e.error, "{kind}");
+            let empty = format!(r#"{{"type":"{kind}","delta":""}}"#);
+            assert!(!ev(&empty).token, "{kind} with an empty delta");
+        }
+    }
+
+    #[test]
+    fn audio_and_non_delta_responses_events_are_not_token_events() {
+        for data in [
+            r#"{"type":"response.audio.delta","delta":"UklGRiQAAABXQVZF"}"#,
+            r#"{"type":"response.audio.transcript.delta","delta":"Hello"}"#,
+            r#"{"type":"response.output_text.done","text":"Hi"}"#,
+            r#"{"type":"response.function_call_arguments.done","arguments":"{}"}"#,
+            r#"{"type":"response.output_item.added","item":{"type":"message"}}"#,
+            r#"{"type":"response.reasoning_summary_part.added","part":{"type":"summary_text","text":""}}"#,
+            r#"{"type":"response.in_progress","response":{"usage":null}}"#,
+            // `.delta` only counts under `response.`
+            r#"{"type":"conversation.item.delta","delta":"x"}"#,
+        ] {
+            assert!(!ev(data).token, "{data}");
+        }
+    }
+
+    #[test]
+    fn chat_deltas_say_reasoning_answer_or_content_text() {
+        let e = ev(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#);
+        assert!(e.token && e.reasoning && !e.answer && e.content.is_none());
+        let e = ev(r#"{"choices":[{"delta":{"reasoning":"hmm","content":null}}]}"#);
+        assert!(e.token && e.reasoning && !e.answer && e.content.is_none());
+        let e = ev(r#"{"choices":[{"delta":{"content":"<think>\nOk"}}]}"#);
+        assert!(e.token && !e.reasoning && !e.answer);
+        assert_eq!(e.content.as_deref(), Some("<think>\nOk"));
+        let e = ev(r#"{"choices":[{"delta":{"content":"plain"}}]}"#);
+        assert!(matches!(e.content, Some(Cow::Borrowed("plain"))));
+        for data in [
+            r#"{"choices":[{"delta":{"refusal":"no"}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#,
+            r#"{"choices":[{"text":"Hello"}]}"#,
+            r#"{"choices":[{"delta":{"content":[{"type":"text","text":"hi"}]}}]}"#,
+        ] {
+            let e = ev(data);
+            assert!(
+                e.token && e.answer && !e.reasoning && e.content.is_none(),
+                "{data}"
+            );
+        }
+        // A second choice's text is answer; only the first one's is kept.
+        let e = ev(r#"{"choices":[{"delta":{"content":"a"}},{"delta":{"content":"b"}}]}"#);
+        assert!(e.answer && e.content.as_deref() == Some("a"));
+        for data in [
+            r#"{"choices":[{"delta":{"content":""}}]}"#,
+            r#"{"choices":[{"delta":{"content":[]}}]}"#,
+            r#"{"choices":[{"delta":{"content":{}}}]}"#,
+        ] {
+            assert!(!ev(data).token, "{data}");
+        }
     }
 
     #[test]
