@@ -62,6 +62,8 @@ pub struct Exchange {
     token_events: u64,
     first_token_ns: Option<u64>,
     last_token_ns: u64,
+    /// The longest gap between two token-bearing chunks so far.
+    max_gap_ns: u64,
     stream_end_seen: bool,
     error_seen: bool,
     errors: ErrorSet,
@@ -81,6 +83,13 @@ pub struct Observation {
     pub ttft_ms: Option<u64>,
     pub duration_ms: u64,
     pub tpot_us: Option<u64>,
+    /// Streams with ≥ 2 token events: the longest gap between token-bearing chunks (events in one
+    /// chunk share its time, so a gap inside a chunk is 0).
+    pub max_gap_ms: Option<u64>,
+    /// A stream the filter read ended without any usage (the output is an estimate).
+    pub usage_missing: bool,
+    /// A stream with token events reported a usage `output` more than 10 % away from their count.
+    pub token_count_mismatch: bool,
     pub errors: ErrorSet,
     /// The active-requests gauge was raised for this exchange and must be lowered.
     pub was_active: bool,
@@ -118,6 +127,7 @@ impl Exchange {
             token_events: 0,
             first_token_ns: None,
             last_token_ns: 0,
+            max_gap_ns: 0,
             stream_end_seen: false,
             error_seen: false,
             errors: ErrorSet::default(),
@@ -251,6 +261,10 @@ impl Exchange {
                 decoder.feed(chunk, &mut |item| state.item(item, &mut tokens));
                 if tokens > 0 {
                     let t = now();
+                    if self.first_token_ns.is_some() {
+                        let gap = t.saturating_sub(self.last_token_ns);
+                        self.max_gap_ns = self.max_gap_ns.max(gap);
+                    }
                     self.first_token_ns.get_or_insert(t);
                     self.last_token_ns = t;
                     self.token_events += tokens;
@@ -323,6 +337,18 @@ impl Exchange {
                 .map(|first| self.last_token_ns.saturating_sub(first) / NANOS_PER_MICRO / (n - 1)),
             _ => None,
         };
+        // A stream the filter decoded (an error status or an encoded body is never read).
+        let read_stream = self.sse
+            && self.status.is_none_or(|s| s < 400)
+            && !self.errors.contains(ErrorKind::EncodedBody);
+        let max_gap_ms =
+            (self.sse && self.token_events >= 2).then_some(self.max_gap_ns / NANOS_PER_MILLI);
+        let token_count_mismatch = match self.usage.and_then(|u| u.output) {
+            Some(reported) if self.sse && self.token_events >= 1 => {
+                reported.abs_diff(self.token_events).saturating_mul(10) > reported
+            }
+            _ => false,
+        };
         Observation {
             api: self.api,
             model: self.model,
@@ -334,6 +360,9 @@ impl Exchange {
             ttft_ms,
             duration_ms: now_ns.saturating_sub(self.start_ns) / NANOS_PER_MILLI,
             tpot_us,
+            max_gap_ms,
+            usage_missing: read_stream && self.usage.is_none(),
+            token_count_mismatch,
             errors: self.errors,
             was_active: matches!(self.request, RequestBody::Done),
         }
@@ -413,6 +442,15 @@ impl Observation {
         }
         if let Some(us) = self.tpot_us {
             f(Series::TimePerOutputToken { model, api }, Op::Record(us));
+        }
+        if let Some(ms) = self.max_gap_ms {
+            f(Series::MaxInterTokenGap { model, api }, Op::Record(ms));
+        }
+        if self.usage_missing {
+            f(Series::UsageMissing { model, api }, Op::Add(1));
+        }
+        if self.token_count_mismatch {
+            f(Series::TokenCountMismatch { model, api }, Op::Add(1));
         }
         f(
             Series::RequestDuration {

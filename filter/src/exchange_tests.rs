@@ -488,6 +488,131 @@ fn a_single_token_stream_has_ttft_but_no_tpot() {
     assert_eq!((obs.ttft_ms, obs.tpot_us), (Some(42), None));
 }
 
+fn has(obs: &Observation, want: fn(&Series) -> bool) -> bool {
+    ops(obs).iter().any(|(s, _)| want(s))
+}
+
+/// A chat stream: each chunk at its time (ms), then `tail` (usage, end) as the last chunk.
+fn stream(chunks: &[(u64, &str)], tail: &str) -> Observation {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    for (t, c) in chunks {
+        ex.response_body(c.as_bytes(), false, &config, &mut || t * MS);
+    }
+    ex.response_body(tail.as_bytes(), true, &config, &mut || 999 * MS);
+    ex.finish(1_000 * MS, &mut || 0)
+}
+
+fn usage_chunk(output: u64) -> String {
+    format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":{output}}}}}\n\ndata: [DONE]\n\n")
+}
+
+#[test]
+fn a_stream_without_usage_is_counted_whatever_its_outcome() {
+    let x = content_event("x");
+    let obs = stream(&[(1, &x)], "data: [DONE]\n\n");
+    assert!(obs.usage_missing);
+    assert!(has(&obs, |s| matches!(s, Series::UsageMissing { .. })));
+    assert!(!stream(&[(1, &x)], &usage_chunk(1)).usage_missing);
+    // Aborted, or ended in an error: still no usage.
+    let config = cfg();
+    for (tail, flags) in [("", DC), ("data: {\"error\":{\"message\":\"x\"}}\n\n", 0)] {
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        chat_stream_request(&mut ex, &config);
+        ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+        ex.response_body(x.as_bytes(), false, &config, &mut || MS);
+        ex.response_body(tail.as_bytes(), false, &config, &mut || MS);
+        let obs = ex.finish(2 * MS, &mut || flags);
+        assert!(obs.usage_missing, "{:?}", obs.outcome);
+    }
+    // Not a stream the filter read: JSON, an error status, an encoded body, no response at all.
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(b"{}", true, &config, &mut || 0);
+    assert!(!ex.finish(0, &mut || 0).usage_missing);
+    for (status, encoding) in [(Some(500), None), (Some(200), Some("gzip"))] {
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        ex.response_headers(status, Some("text/event-stream"), encoding, true, &config);
+        assert!(
+            !ex.finish(0, &mut || 0).usage_missing,
+            "{status:?} {encoding:?}"
+        );
+    }
+    assert!(
+        !Exchange::new(Api::ChatCompletions, 0)
+            .finish(0, &mut || DC)
+            .usage_missing
+    );
+}
+
+#[test]
+fn a_usage_more_than_ten_percent_off_the_event_count_is_a_mismatch() {
+    let ten: Vec<(u64, String)> = (0..10).map(|i| (i, content_event("x"))).collect();
+    let chunks: Vec<(u64, &str)> = ten.iter().map(|(t, c)| (*t, c.as_str())).collect();
+    // 10 events; a mismatch is |usage - events| * 10 > usage, measured against the usage: 11 is
+    // within (10 > 11 is false), 9 is not (10 > 9), nor 12 (20 > 12).
+    for (output, mismatch) in [
+        (8, true),
+        (9, true),
+        (10, false),
+        (11, false),
+        (12, true),
+        (100, true),
+        (0, true),
+    ] {
+        let obs = stream(&chunks, &usage_chunk(output));
+        assert_eq!(obs.token_count_mismatch, mismatch, "usage {output}");
+        assert_eq!(
+            has(&obs, |s| matches!(s, Series::TokenCountMismatch { .. })),
+            mismatch
+        );
+        assert!(!obs.usage_missing);
+    }
+    // No token events (hidden reasoning only), or no usage: no comparison.
+    assert!(!stream(&[], &usage_chunk(50)).token_count_mismatch);
+    assert!(!stream(&chunks, "data: [DONE]\n\n").token_count_mismatch);
+    // A non-streaming response never compares.
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"usage":{"completion_tokens":40}}"#,
+        true,
+        &config,
+        &mut || 0,
+    );
+    assert!(!ex.finish(0, &mut || 0).token_count_mismatch);
+}
+
+#[test]
+fn the_longest_gap_between_token_chunks_is_recorded() {
+    let x = content_event("x");
+    let two = format!("{x}{x}");
+    let obs = stream(
+        &[(100, &x), (120, &x), (170, &x), (180, &x)],
+        "data: [DONE]\n\n",
+    );
+    assert_eq!(obs.max_gap_ms, Some(50));
+    assert!(ops(&obs).contains(&(
+        Series::MaxInterTokenGap {
+            model: ModelId(2),
+            api: Api::ChatCompletions
+        },
+        Op::Record(50)
+    )));
+    // A chunk without tokens does not end a gap.
+    let role = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+    let obs = stream(&[(10, &x), (500, role), (700, &x)], "data: [DONE]\n\n");
+    assert_eq!(obs.max_gap_ms, Some(690));
+    // Two events in one chunk: a gap of 0. One event: no gap at all.
+    assert_eq!(stream(&[(10, &two)], "").max_gap_ms, Some(0));
+    let obs = stream(&[(10, &x)], "data: [DONE]\n\n");
+    assert_eq!(obs.max_gap_ms, None);
+    assert!(!has(&obs, |s| matches!(s, Series::MaxInterTokenGap { .. })));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Golden fixtures, replayed natively.
 

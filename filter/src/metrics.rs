@@ -210,10 +210,13 @@ pub enum Metric {
     TimePerOutputToken,
     ActiveRequests,
     FilterErrors,
+    UsageMissing,
+    TokenCountMismatch,
+    MaxInterTokenGap,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Requests,
         Metric::Tokens,
         Metric::TimeToFirstToken,
@@ -221,6 +224,9 @@ impl Metric {
         Metric::TimePerOutputToken,
         Metric::ActiveRequests,
         Metric::FilterErrors,
+        Metric::UsageMissing,
+        Metric::TokenCountMismatch,
+        Metric::MaxInterTokenGap,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -232,16 +238,24 @@ impl Metric {
             Metric::TimePerOutputToken => TIME_PER_OUTPUT_TOKEN_US,
             Metric::ActiveRequests => ACTIVE_REQUESTS,
             Metric::FilterErrors => FILTER_ERRORS_TOTAL,
+            Metric::UsageMissing => USAGE_MISSING_TOTAL,
+            Metric::TokenCountMismatch => TOKEN_COUNT_MISMATCH_TOTAL,
+            Metric::MaxInterTokenGap => MAX_INTER_TOKEN_GAP_MS,
         }
     }
 
     pub const fn metric_type(self) -> MetricType {
         match self {
-            Metric::Requests | Metric::Tokens | Metric::FilterErrors => MetricType::Counter,
+            Metric::Requests
+            | Metric::Tokens
+            | Metric::FilterErrors
+            | Metric::UsageMissing
+            | Metric::TokenCountMismatch => MetricType::Counter,
             Metric::ActiveRequests => MetricType::Gauge,
-            Metric::TimeToFirstToken | Metric::RequestDuration | Metric::TimePerOutputToken => {
-                MetricType::Histogram
-            }
+            Metric::TimeToFirstToken
+            | Metric::RequestDuration
+            | Metric::TimePerOutputToken
+            | Metric::MaxInterTokenGap => MetricType::Histogram,
         }
     }
 
@@ -251,9 +265,12 @@ impl Metric {
         match self {
             Metric::Requests => &["model", "api", "streaming", "status_class", "outcome"],
             Metric::Tokens => &["model", "api", "token_type", "source"],
-            Metric::TimeToFirstToken | Metric::TimePerOutputToken | Metric::ActiveRequests => {
-                &["model", "api"]
-            }
+            Metric::TimeToFirstToken
+            | Metric::TimePerOutputToken
+            | Metric::ActiveRequests
+            | Metric::UsageMissing
+            | Metric::TokenCountMismatch
+            | Metric::MaxInterTokenGap => &["model", "api"],
             Metric::RequestDuration => &["model", "api", "streaming"],
             Metric::FilterErrors => &["kind"],
         }
@@ -315,6 +332,14 @@ pub enum Series {
     ActiveRequests { model: ModelId, api: Api },
     /// `llm_filter_errors_total` (counter).
     FilterErrors { kind: ErrorKind },
+    /// `llm_usage_missing_total` (counter): a read stream that ended without any usage.
+    UsageMissing { model: ModelId, api: Api },
+    /// `llm_token_count_mismatch_total` (counter): usage `output` and the token-event count differ
+    /// by more than 10 %.
+    TokenCountMismatch { model: ModelId, api: Api },
+    /// `llm_max_inter_token_gap_ms` (histogram, milliseconds): a stream's longest pause between
+    /// token-bearing events.
+    MaxInterTokenGap { model: ModelId, api: Api },
 }
 
 pub const REQUESTS_TOTAL: &str = "llm_requests_total";
@@ -324,6 +349,9 @@ pub const REQUEST_DURATION_MS: &str = "llm_request_duration_ms";
 pub const TIME_PER_OUTPUT_TOKEN_US: &str = "llm_time_per_output_token_us";
 pub const ACTIVE_REQUESTS: &str = "llm_active_requests";
 pub const FILTER_ERRORS_TOTAL: &str = "llm_filter_errors_total";
+pub const USAGE_MISSING_TOTAL: &str = "llm_usage_missing_total";
+pub const TOKEN_COUNT_MISMATCH_TOTAL: &str = "llm_token_count_mismatch_total";
+pub const MAX_INTER_TOKEN_GAP_MS: &str = "llm_max_inter_token_gap_ms";
 
 /// Every label name, in the order labels appear in stat names. `envoy/envoy.yaml` has one
 /// `stats_tags` entry per name.
@@ -392,6 +420,9 @@ impl Series {
             Series::TimePerOutputToken { model, api } => (4, model, api as u64),
             Series::ActiveRequests { model, api } => (5, model, api as u64),
             Series::FilterErrors { kind } => (6, ModelId::UNKNOWN, kind as u64),
+            Series::UsageMissing { model, api } => (7, model, api as u64),
+            Series::TokenCountMismatch { model, api } => (8, model, api as u64),
+            Series::MaxInterTokenGap { model, api } => (9, model, api as u64),
         };
         metric | labels << 4 | u64::from(model.0) << 32
     }
@@ -406,6 +437,9 @@ impl Series {
             Series::TimePerOutputToken { .. } => Metric::TimePerOutputToken,
             Series::ActiveRequests { .. } => Metric::ActiveRequests,
             Series::FilterErrors { .. } => Metric::FilterErrors,
+            Series::UsageMissing { .. } => Metric::UsageMissing,
+            Series::TokenCountMismatch { .. } => Metric::TokenCountMismatch,
+            Series::MaxInterTokenGap { .. } => Metric::MaxInterTokenGap,
         }
     }
 
@@ -432,7 +466,10 @@ impl Series {
             } => v.set([model_name, api.label(), token.label(), source.label()]),
             Series::TimeToFirstToken { api, .. }
             | Series::TimePerOutputToken { api, .. }
-            | Series::ActiveRequests { api, .. } => v.set([model_name, api.label()]),
+            | Series::ActiveRequests { api, .. }
+            | Series::UsageMissing { api, .. }
+            | Series::TokenCountMismatch { api, .. }
+            | Series::MaxInterTokenGap { api, .. } => v.set([model_name, api.label()]),
             Series::RequestDuration { api, streaming, .. } => {
                 v.set([model_name, api.label(), bool_label(streaming)])
             }
@@ -463,7 +500,10 @@ impl Series {
             | Series::TimeToFirstToken { model, .. }
             | Series::RequestDuration { model, .. }
             | Series::TimePerOutputToken { model, .. }
-            | Series::ActiveRequests { model, .. } => Some(model),
+            | Series::ActiveRequests { model, .. }
+            | Series::UsageMissing { model, .. }
+            | Series::TokenCountMismatch { model, .. }
+            | Series::MaxInterTokenGap { model, .. } => Some(model),
             Series::FilterErrors { .. } => None,
         }
     }
@@ -536,6 +576,9 @@ mod tests {
             v.push(Series::TimeToFirstToken { model, api });
             v.push(Series::TimePerOutputToken { model, api });
             v.push(Series::ActiveRequests { model, api });
+            v.push(Series::UsageMissing { model, api });
+            v.push(Series::TokenCountMismatch { model, api });
+            v.push(Series::MaxInterTokenGap { model, api });
         }
         for kind in ErrorKind::ALL {
             v.push(Series::FilterErrors { kind });
@@ -550,6 +593,14 @@ mod tests {
         let names: HashSet<String> = series.iter().map(|s| s.stat_name("m")).collect();
         assert_eq!(keys.len(), series.len());
         assert_eq!(names.len(), series.len());
+    }
+
+    #[test]
+    fn all_series_covers_every_metric() {
+        let metrics: HashSet<Metric> = all_series().iter().map(Series::metric).collect();
+        assert_eq!(metrics.len(), Metric::ALL.len());
+        let names: HashSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names.len(), Metric::ALL.len());
     }
 
     #[test]
