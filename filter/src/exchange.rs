@@ -6,7 +6,8 @@
 //! calls exactly once per stream, also when the client or the upstream went away and no
 //! `end_of_stream` ever arrived. `finish` returns the [`Observation`]; nothing here touches the host.
 //!
-//! Memory per exchange: this struct (about 200 bytes) plus, while they are being read, the request
+//! Memory per exchange: this struct (about 210 bytes, of which 8 hold the longest inter-token gap,
+//! 32 the first reasoning and first answer chunk times, and 2 the `<think>` tag matcher) plus, while they are being read, the request
 //! body (at most `max_request_body_bytes`, freed once parsed), a non-streaming response body (at most
 //! `max_response_body_bytes`, freed once parsed) or the SSE decoder's partial line and event (at most
 //! twice `max_event_bytes`). Nothing grows with the number of stream events.
@@ -18,6 +19,7 @@ use crate::metrics::{
 use crate::model::ModelId;
 use crate::openai::{self, Usage};
 use crate::sse::{self, Decoder, Item};
+use crate::think::ThinkTags;
 
 const NANOS_PER_MILLI: u64 = 1_000_000;
 
@@ -64,6 +66,12 @@ pub struct Exchange {
     last_token_ns: u64,
     /// The longest gap between two token-bearing chunks so far.
     max_gap_ns: u64,
+    /// The chunk of the first reasoning token, when it came before any answer token.
+    first_reasoning_ns: Option<u64>,
+    /// The chunk of the first token that is not reasoning.
+    first_answer_ns: Option<u64>,
+    /// Where the stream's chat content is relative to raw `<think>` tags.
+    think: ThinkTags,
     stream_end_seen: bool,
     error_seen: bool,
     errors: ErrorSet,
@@ -86,6 +94,10 @@ pub struct Observation {
     /// Streams with ≥ 2 token events: the longest gap between token-bearing chunks (events in one
     /// chunk share its time, so a gap inside a chunk is 0).
     pub max_gap_ms: Option<u64>,
+    /// Streams: request headers → the first token that is not reasoning.
+    pub ttfat_ms: Option<u64>,
+    /// Streams: the first reasoning token → the first answer token, when reasoning came first.
+    pub reasoning_ms: Option<u64>,
     /// A stream the filter read ended without any usage (the output is an estimate).
     pub usage_missing: bool,
     /// A stream with token events reported a usage `output` more than 10 % away from their count.
@@ -128,6 +140,9 @@ impl Exchange {
             first_token_ns: None,
             last_token_ns: 0,
             max_gap_ns: 0,
+            first_reasoning_ns: None,
+            first_answer_ns: None,
+            think: ThinkTags::default(),
             stream_end_seen: false,
             error_seen: false,
             errors: ErrorSet::default(),
@@ -251,23 +266,33 @@ impl Exchange {
     ) {
         match &mut self.response {
             ResponseBody::Sse(decoder) => {
-                let mut tokens = 0u64;
+                let mut tokens = ChunkTokens {
+                    answered: self.first_answer_ns.is_some(),
+                    ..ChunkTokens::default()
+                };
                 let mut state = StreamState {
                     usage: &mut self.usage,
                     end: &mut self.stream_end_seen,
                     error: &mut self.error_seen,
                     errors: &mut self.errors,
+                    think: &mut self.think,
                 };
                 decoder.feed(chunk, &mut |item| state.item(item, &mut tokens));
-                if tokens > 0 {
+                if tokens.events > 0 {
                     let t = now();
+                    if tokens.reasoning_first {
+                        self.first_reasoning_ns.get_or_insert(t);
+                    }
+                    if tokens.answer {
+                        self.first_answer_ns.get_or_insert(t);
+                    }
                     if self.first_token_ns.is_some() {
                         let gap = t.saturating_sub(self.last_token_ns);
                         self.max_gap_ns = self.max_gap_ns.max(gap);
                     }
                     self.first_token_ns.get_or_insert(t);
                     self.last_token_ns = t;
-                    self.token_events += tokens;
+                    self.token_events += tokens.events;
                 }
             }
             ResponseBody::Json(buf) => {
@@ -349,6 +374,14 @@ impl Exchange {
             }
             _ => false,
         };
+        let (ttfat_ms, reasoning_ms) = match (self.sse, self.first_answer_ns) {
+            (true, Some(answer)) => (
+                Some(answer.saturating_sub(self.start_ns) / NANOS_PER_MILLI),
+                self.first_reasoning_ns
+                    .map(|r| answer.saturating_sub(r) / NANOS_PER_MILLI),
+            ),
+            _ => (None, None),
+        };
         Observation {
             api: self.api,
             model: self.model,
@@ -361,6 +394,8 @@ impl Exchange {
             duration_ms: now_ns.saturating_sub(self.start_ns) / NANOS_PER_MILLI,
             tpot_us,
             max_gap_ms,
+            ttfat_ms,
+            reasoning_ms,
             usage_missing: read_stream && self.usage.is_none(),
             token_count_mismatch,
             errors: self.errors,
@@ -375,15 +410,42 @@ struct StreamState<'a> {
     end: &'a mut bool,
     error: &'a mut bool,
     errors: &'a mut ErrorSet,
+    think: &'a mut ThinkTags,
+}
+
+/// What the events of one chunk carried (they share the chunk's clock reading).
+#[derive(Default)]
+struct ChunkTokens {
+    /// Token-bearing events.
+    events: u64,
+    /// An answer token came before this chunk, or earlier in it.
+    answered: bool,
+    /// A reasoning token came before any answer token.
+    reasoning_first: bool,
+    /// An answer token came in this chunk.
+    answer: bool,
 }
 
 impl StreamState<'_> {
-    fn item(&mut self, item: Item<'_>, tokens: &mut u64) {
+    fn item(&mut self, item: Item<'_>, tokens: &mut ChunkTokens) {
         match item {
             sse::Item::TooLarge => self.errors.insert(ErrorKind::EventTooLarge),
             sse::Item::Event { event, data } => match openai::parse_event(event, data) {
                 Ok(info) => {
-                    *tokens += u64::from(info.token);
+                    tokens.events += u64::from(info.token);
+                    let (mut reasoning, mut answer) = (info.reasoning, info.answer);
+                    if let Some(text) = info.content.as_deref() {
+                        let class = self.think.feed(text);
+                        reasoning |= class.reasoning;
+                        answer |= class.answer;
+                    }
+                    if answer {
+                        self.think.answered();
+                    }
+                    // Within one event, reasoning is taken to come first.
+                    tokens.reasoning_first |= reasoning && !tokens.answered;
+                    tokens.answer |= answer;
+                    tokens.answered |= answer;
                     *self.end |= info.end;
                     *self.error |= info.error;
                     if info.usage.is_some() {
@@ -442,6 +504,15 @@ impl Observation {
         }
         if let Some(us) = self.tpot_us {
             f(Series::TimePerOutputToken { model, api }, Op::Record(us));
+        }
+        if let Some(ms) = self.ttfat_ms {
+            f(
+                Series::TimeToFirstAnswerToken { model, api },
+                Op::Record(ms),
+            );
+        }
+        if let Some(ms) = self.reasoning_ms {
+            f(Series::ReasoningDuration { model, api }, Op::Record(ms));
         }
         if let Some(ms) = self.max_gap_ms {
             f(Series::MaxInterTokenGap { model, api }, Op::Record(ms));

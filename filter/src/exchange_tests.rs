@@ -613,6 +613,231 @@ fn the_longest_gap_between_token_chunks_is_recorded() {
     assert!(!has(&obs, |s| matches!(s, Series::MaxInterTokenGap { .. })));
 }
 
+fn delta_event(field: &str, text: &str) -> String {
+    let text = serde_json::to_string(text).unwrap();
+    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"{field}\":{text}}},\"finish_reason\":null}}]}}\n\n")
+}
+
+fn responses_event(kind: &str, delta: &str) -> String {
+    format!("event: {kind}\ndata: {{\"type\":\"{kind}\",\"delta\":\"{delta}\"}}\n\n")
+}
+
+#[test]
+fn reasoning_content_then_content_gives_answer_time_and_reasoning_duration() {
+    let (r1, r2) = (
+        delta_event("reasoning_content", "Let me"),
+        delta_event("reasoning_content", " see"),
+    );
+    let a = delta_event("content", "4");
+    let obs = stream(&[(100, &r1), (150, &r2), (300, &a)], "data: [DONE]\n\n");
+    assert_eq!(obs.ttft_ms, Some(100));
+    assert_eq!(obs.ttfat_ms, Some(300));
+    assert_eq!(obs.reasoning_ms, Some(200));
+    let all = ops(&obs);
+    let (model, api) = (ModelId(2), Api::ChatCompletions);
+    assert!(all.contains(&(
+        Series::TimeToFirstAnswerToken { model, api },
+        Op::Record(300)
+    )));
+    assert!(all.contains(&(Series::ReasoningDuration { model, api }, Op::Record(200))));
+    // `reasoning` (Ollama, vLLM >= 0.10) is reasoning too.
+    let r = delta_event("reasoning", "hmm");
+    let obs = stream(&[(10, &r), (40, &a)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(40), Some(30)));
+}
+
+#[test]
+fn raw_think_tags_in_content_are_reasoning_until_the_closing_tag() {
+    let parts = [
+        (50, "<think>"),
+        (80, "\nOkay, 2+2"),
+        (120, "</think>"),
+        (130, "\n\n"),
+        (200, "It is 4."),
+    ];
+    let events: Vec<(u64, String)> = parts
+        .iter()
+        .map(|(t, p)| (*t, delta_event("content", p)))
+        .collect();
+    let chunks: Vec<(u64, &str)> = events.iter().map(|(t, e)| (*t, e.as_str())).collect();
+    let obs = stream(&chunks, "data: [DONE]\n\n");
+    assert_eq!(obs.token_events, 5);
+    assert_eq!(obs.ttft_ms, Some(50));
+    assert_eq!(obs.ttfat_ms, Some(200));
+    assert_eq!(obs.reasoning_ms, Some(150));
+    // The tags split across events, and the answer in the closing tag's event.
+    let parts = [
+        (50, "<th"),
+        (60, "ink>hm"),
+        (90, "m</thi"),
+        (120, "nk>\n\nYes"),
+    ];
+    let events: Vec<(u64, String)> = parts
+        .iter()
+        .map(|(t, p)| (*t, delta_event("content", p)))
+        .collect();
+    let chunks: Vec<(u64, &str)> = events.iter().map(|(t, e)| (*t, e.as_str())).collect();
+    let obs = stream(&chunks, "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(120), Some(60)));
+    // One event split across two chunks: the event counts when its second half arrives.
+    let e = delta_event("content", "<think>x</think>Hi");
+    let (a, b) = e.split_at(20);
+    let obs = stream(&[(10, a), (70, b)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(70), Some(0)));
+}
+
+#[test]
+fn without_reasoning_the_first_answer_token_is_the_first_token() {
+    let x = content_event("x");
+    let obs = stream(&[(42, &x), (50, &x)], "data: [DONE]\n\n");
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms),
+        (Some(42), Some(42), None)
+    );
+    assert!(!has(&obs, |s| matches!(
+        s,
+        Series::ReasoningDuration { .. }
+    )));
+    // A tool call or refusal is an answer too, and ends any think-tag matching.
+    let tool = "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\"}}]}}]}\n\n";
+    let think = delta_event("content", "<think>");
+    let obs = stream(&[(5, tool), (9, &think)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(5), None));
+}
+
+#[test]
+fn reasoning_without_an_answer_or_after_it_gives_no_duration() {
+    let r = delta_event("reasoning_content", "hmm");
+    let obs = stream(&[(10, &r), (20, &r)], "data: [DONE]\n\n");
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms),
+        (Some(10), None, None)
+    );
+    assert!(!has(&obs, |s| matches!(
+        s,
+        Series::TimeToFirstAnswerToken { .. } | Series::ReasoningDuration { .. }
+    )));
+    // Reasoning that starts after the answer began is not "thinking before answering".
+    let a = delta_event("content", "Hi");
+    let obs = stream(&[(10, &a), (20, &r)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(10), None));
+    // Whitespace before anything else is neither: the answer starts at the text.
+    let (nl, hi) = (delta_event("content", "\n\n"), delta_event("content", "Hi"));
+    let obs = stream(&[(10, &nl), (20, &hi)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttft_ms, obs.ttfat_ms), (Some(10), Some(20)));
+}
+
+#[test]
+fn reasoning_and_answer_in_one_chunk_take_its_time() {
+    let both = format!(
+        "{}{}",
+        delta_event("reasoning_content", "ok"),
+        delta_event("content", "Yes")
+    );
+    let obs = stream(&[(30, &both)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(30), Some(0)));
+}
+
+#[test]
+fn responses_reasoning_deltas_then_output_text() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Responses, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    for (t, e) in [
+        (
+            100,
+            responses_event("response.reasoning_summary_text.delta", "Plan"),
+        ),
+        (180, responses_event("response.reasoning_text.delta", "x")),
+        (400, responses_event("response.output_text.delta", "Hi")),
+    ] {
+        ex.response_body(e.as_bytes(), false, &config, &mut || t * MS);
+    }
+    ex.response_body(
+        b"data: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+        true,
+        &config,
+        &mut || 0,
+    );
+    let obs = ex.finish(500 * MS, &mut || 0);
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms),
+        (Some(100), Some(400), Some(300))
+    );
+}
+
+#[test]
+fn non_streaming_responses_have_no_answer_time() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"choices":[{"message":{"content":"<think>a</think>b"}}]}"#,
+        true,
+        &config,
+        &mut || panic!("clock"),
+    );
+    let obs = ex.finish(MS, &mut || 0);
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (None, None));
+}
+
+const THINK_TEXT: &str =
+    "<think>\nThe user asks 2+2. </thinking is no tag> <\n\"quoted\"</think>\n\n2 + 2 = **4**.";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// Any cut of the text into deltas, and any cut of the stream into chunks, gives the same
+    /// observation, with the answer at the chunk that completes the event holding the first
+    /// answer byte and the reasoning at the one that completes `<think>`.
+    #[test]
+    fn random_cuts_of_a_think_stream_give_the_same_observation(
+        text_cuts in proptest::collection::vec(1..THINK_TEXT.len(), 0..10),
+        byte_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+    ) {
+        let mut cuts = text_cuts;
+        cuts.push(THINK_TEXT.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        let first_answer = THINK_TEXT.find("</think>").unwrap() + "</think>\n\n".len();
+        let open_end = "<think>".len() - 1;
+        let (mut body, mut start) = (String::new(), 0);
+        let (mut answer_event_end, mut think_event_end) = (0, 0);
+        for &end in &cuts {
+            body.push_str(&delta_event("content", &THINK_TEXT[start..end]));
+            if (start..end).contains(&first_answer) {
+                answer_event_end = body.len();
+            }
+            if (start..end).contains(&open_end) {
+                think_event_end = body.len();
+            }
+            start = end;
+        }
+        body.push_str("data: [DONE]\n\n");
+        let mut points: Vec<usize> = byte_cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+        points.push(body.len());
+        points.sort_unstable();
+        // A chunk's clock is its end offset (in ms): an event counts when its last byte arrives.
+        let at = |offset: usize| *points.iter().find(|p| **p >= offset).unwrap() as u64;
+        let config = cfg();
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        chat_stream_request(&mut ex, &config);
+        ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+        let mut from = 0;
+        for &p in &points {
+            let end = p == body.len();
+            ex.response_body(&body.as_bytes()[from..p], end, &config, &mut || p as u64 * MS);
+            from = p;
+        }
+        let obs = ex.finish(10_000 * MS, &mut || 0);
+        prop_assert_eq!(obs.outcome, Outcome::Completed);
+        prop_assert_eq!(obs.token_events, cuts.len() as u64);
+        prop_assert_eq!(obs.ttfat_ms, Some(at(answer_event_end)));
+        prop_assert_eq!(obs.reasoning_ms, Some(at(answer_event_end) - at(think_event_end)));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Golden fixtures, replayed natively.
 

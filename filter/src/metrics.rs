@@ -213,10 +213,12 @@ pub enum Metric {
     UsageMissing,
     TokenCountMismatch,
     MaxInterTokenGap,
+    TimeToFirstAnswerToken,
+    ReasoningDuration,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 12] = [
         Metric::Requests,
         Metric::Tokens,
         Metric::TimeToFirstToken,
@@ -227,6 +229,8 @@ impl Metric {
         Metric::UsageMissing,
         Metric::TokenCountMismatch,
         Metric::MaxInterTokenGap,
+        Metric::TimeToFirstAnswerToken,
+        Metric::ReasoningDuration,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -241,6 +245,8 @@ impl Metric {
             Metric::UsageMissing => USAGE_MISSING_TOTAL,
             Metric::TokenCountMismatch => TOKEN_COUNT_MISMATCH_TOTAL,
             Metric::MaxInterTokenGap => MAX_INTER_TOKEN_GAP_MS,
+            Metric::TimeToFirstAnswerToken => TIME_TO_FIRST_ANSWER_TOKEN_MS,
+            Metric::ReasoningDuration => REASONING_DURATION_MS,
         }
     }
 
@@ -255,7 +261,9 @@ impl Metric {
             Metric::TimeToFirstToken
             | Metric::RequestDuration
             | Metric::TimePerOutputToken
-            | Metric::MaxInterTokenGap => MetricType::Histogram,
+            | Metric::MaxInterTokenGap
+            | Metric::TimeToFirstAnswerToken
+            | Metric::ReasoningDuration => MetricType::Histogram,
         }
     }
 
@@ -270,7 +278,9 @@ impl Metric {
             | Metric::ActiveRequests
             | Metric::UsageMissing
             | Metric::TokenCountMismatch
-            | Metric::MaxInterTokenGap => &["model", "api"],
+            | Metric::MaxInterTokenGap
+            | Metric::TimeToFirstAnswerToken
+            | Metric::ReasoningDuration => &["model", "api"],
             Metric::RequestDuration => &["model", "api", "streaming"],
             Metric::FilterErrors => &["kind"],
         }
@@ -340,6 +350,12 @@ pub enum Series {
     /// `llm_max_inter_token_gap_ms` (histogram, milliseconds): a stream's longest pause between
     /// token-bearing events.
     MaxInterTokenGap { model: ModelId, api: Api },
+    /// `llm_time_to_first_answer_token_ms` (histogram, milliseconds): request headers → first token
+    /// that is not reasoning.
+    TimeToFirstAnswerToken { model: ModelId, api: Api },
+    /// `llm_reasoning_duration_ms` (histogram, milliseconds): first reasoning token → first answer
+    /// token.
+    ReasoningDuration { model: ModelId, api: Api },
 }
 
 pub const REQUESTS_TOTAL: &str = "llm_requests_total";
@@ -352,6 +368,8 @@ pub const FILTER_ERRORS_TOTAL: &str = "llm_filter_errors_total";
 pub const USAGE_MISSING_TOTAL: &str = "llm_usage_missing_total";
 pub const TOKEN_COUNT_MISMATCH_TOTAL: &str = "llm_token_count_mismatch_total";
 pub const MAX_INTER_TOKEN_GAP_MS: &str = "llm_max_inter_token_gap_ms";
+pub const TIME_TO_FIRST_ANSWER_TOKEN_MS: &str = "llm_time_to_first_answer_token_ms";
+pub const REASONING_DURATION_MS: &str = "llm_reasoning_duration_ms";
 
 /// Every label name, in the order labels appear in stat names. `envoy/envoy.yaml` has one
 /// `stats_tags` entry per name.
@@ -423,6 +441,8 @@ impl Series {
             Series::UsageMissing { model, api } => (7, model, api as u64),
             Series::TokenCountMismatch { model, api } => (8, model, api as u64),
             Series::MaxInterTokenGap { model, api } => (9, model, api as u64),
+            Series::TimeToFirstAnswerToken { model, api } => (10, model, api as u64),
+            Series::ReasoningDuration { model, api } => (11, model, api as u64),
         };
         metric | labels << 4 | u64::from(model.0) << 32
     }
@@ -440,6 +460,8 @@ impl Series {
             Series::UsageMissing { .. } => Metric::UsageMissing,
             Series::TokenCountMismatch { .. } => Metric::TokenCountMismatch,
             Series::MaxInterTokenGap { .. } => Metric::MaxInterTokenGap,
+            Series::TimeToFirstAnswerToken { .. } => Metric::TimeToFirstAnswerToken,
+            Series::ReasoningDuration { .. } => Metric::ReasoningDuration,
         }
     }
 
@@ -469,7 +491,9 @@ impl Series {
             | Series::ActiveRequests { api, .. }
             | Series::UsageMissing { api, .. }
             | Series::TokenCountMismatch { api, .. }
-            | Series::MaxInterTokenGap { api, .. } => v.set([model_name, api.label()]),
+            | Series::MaxInterTokenGap { api, .. }
+            | Series::TimeToFirstAnswerToken { api, .. }
+            | Series::ReasoningDuration { api, .. } => v.set([model_name, api.label()]),
             Series::RequestDuration { api, streaming, .. } => {
                 v.set([model_name, api.label(), bool_label(streaming)])
             }
@@ -503,7 +527,9 @@ impl Series {
             | Series::ActiveRequests { model, .. }
             | Series::UsageMissing { model, .. }
             | Series::TokenCountMismatch { model, .. }
-            | Series::MaxInterTokenGap { model, .. } => Some(model),
+            | Series::MaxInterTokenGap { model, .. }
+            | Series::TimeToFirstAnswerToken { model, .. }
+            | Series::ReasoningDuration { model, .. } => Some(model),
             Series::FilterErrors { .. } => None,
         }
     }
@@ -579,6 +605,8 @@ mod tests {
             v.push(Series::UsageMissing { model, api });
             v.push(Series::TokenCountMismatch { model, api });
             v.push(Series::MaxInterTokenGap { model, api });
+            v.push(Series::TimeToFirstAnswerToken { model, api });
+            v.push(Series::ReasoningDuration { model, api });
         }
         for kind in ErrorKind::ALL {
             v.push(Series::FilterErrors { kind });
