@@ -448,8 +448,9 @@ impl StreamState<'_> {
                     tokens.answered |= answer;
                     *self.end |= info.end;
                     *self.error |= info.error;
-                    if info.usage.is_some() {
-                        *self.usage = info.usage;
+                    if let Some(u) = info.usage {
+                        // Field by field: the last value of each wins.
+                        *self.usage = Some(self.usage.map_or(u, |prev| prev.updated(u)));
                     }
                 }
                 Err(_) => self.errors.insert(ErrorKind::ResponseParse),
@@ -492,6 +493,11 @@ impl Observation {
                 tokens(TokenType::Output, Source::Usage, u.output);
                 tokens(TokenType::Reasoning, Source::Usage, u.reasoning);
                 tokens(TokenType::CachedInput, Source::Usage, u.cached_input);
+                tokens(
+                    TokenType::CacheCreationInput,
+                    Source::Usage,
+                    u.cache_creation_input,
+                );
             }
             None => tokens(
                 TokenType::Output,

@@ -838,6 +838,154 @@ proptest! {
     }
 }
 
+fn anthropic(event: &str, data: &str) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+#[test]
+fn an_anthropic_messages_stream_gives_tokens_latencies_and_its_end() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Messages, 0);
+    ex.request_body(
+        br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,"thinking":{"type":"enabled","budget_tokens":512},"messages":[{"role":"user","content":"2+2?"}]}"#,
+        true,
+        &config,
+        &mut model_two,
+    );
+    ex.response_headers(
+        Some(200),
+        Some("text/event-stream; charset=utf-8"),
+        None,
+        false,
+        &config,
+    );
+    let block = |i: u32, delta: &str| {
+        anthropic(
+            "content_block_delta",
+            &format!(r#"{{"type":"content_block_delta","index":{i},"delta":{delta}}}"#),
+        )
+    };
+    let chunks = [
+        (
+            50,
+            anthropic(
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":40,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+            ),
+        ),
+        (
+            60,
+            anthropic(
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+            ),
+        ),
+        (
+            100,
+            block(0, r#"{"type":"thinking_delta","thinking":"2 plus 2"}"#),
+        ),
+        (
+            150,
+            block(0, r#"{"type":"thinking_delta","thinking":" is 4."}"#),
+        ),
+        (
+            160,
+            block(
+                0,
+                r#"{"type":"signature_delta","signature":"EqQBCgIYAhIM"}"#,
+            ),
+        ),
+        (
+            170,
+            anthropic(
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+        ),
+        (180, anthropic("ping", r#"{"type": "ping"}"#)),
+        (400, block(1, r#"{"type":"text_delta","text":"4"}"#)),
+        (420, block(1, r#"{"type":"text_delta","text":"."}"#)),
+        (
+            430,
+            anthropic(
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":1}"#,
+            ),
+        ),
+        (
+            440,
+            anthropic(
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":18}}"#,
+            ),
+        ),
+        (450, anthropic("message_stop", r#"{"type":"message_stop"}"#)),
+    ];
+    for (t, c) in &chunks {
+        ex.response_body(c.as_bytes(), false, &config, &mut || t * MS);
+    }
+    // The client closes after message_stop, before the body's end.
+    let obs = ex.finish(500 * MS, &mut || DC);
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert_eq!(obs.api, Api::Messages);
+    assert_eq!(obs.token_events, 4);
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms, obs.max_gap_ms),
+        (Some(100), Some(400), Some(300), Some(250))
+    );
+    assert_eq!(
+        token_ops(&obs),
+        vec![
+            (TokenType::Input, Source::Usage, 165),
+            (TokenType::Output, Source::Usage, 18),
+            (TokenType::CachedInput, Source::Usage, 100),
+            (TokenType::CacheCreationInput, Source::Usage, 40),
+        ]
+    );
+    // 4 events against 18 reported tokens.
+    assert!(obs.token_count_mismatch && !obs.usage_missing);
+    let stat = Series::Tokens {
+        model: ModelId(2),
+        api: Api::Messages,
+        token: TokenType::CacheCreationInput,
+        source: Source::Usage,
+    }
+    .stat_name("claude");
+    assert_eq!(
+        stat,
+        "model=.=claude;.;api=.=messages;.;token_type=.=cache_creation_input;.;source=.=usage;.;llm_tokens_total"
+    );
+}
+
+#[test]
+fn an_anthropic_error_event_is_an_error() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Messages, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    let body = format!(
+        "{}{}",
+        anthropic(
+            "message_start",
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}"#
+        ),
+        anthropic(
+            "error",
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+        )
+    );
+    ex.response_body(body.as_bytes(), true, &config, &mut || MS);
+    let obs = ex.finish(2 * MS, &mut || 0);
+    assert_eq!(obs.outcome, Outcome::Error);
+    assert_eq!(
+        token_ops(&obs),
+        vec![
+            (TokenType::Input, Source::Usage, 9),
+            (TokenType::Output, Source::Usage, 1)
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Golden fixtures, replayed natively.
 

@@ -2,7 +2,7 @@
 //!
 //! An HTTP filter for Envoy, built as a proxy-wasm module and as a native Envoy dynamic module, that
 //! watches OpenAI-compatible LLM traffic — chat completions, completions, embeddings and the
-//! Responses API, streamed (SSE) or not — and reports per-model
+//! Responses API — and Anthropic's Messages API, streamed (SSE) or not, and reports per-model
 //! requests, tokens, time to first token, time per output token, duration, outcomes and requests in
 //! flight through Envoy's own stats, which Prometheus scrapes from `/stats/prometheus`.
 //!

@@ -20,14 +20,17 @@ pub enum Api {
     Completions,
     Embeddings,
     Responses,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Messages,
 }
 
 impl Api {
-    pub const ALL: [Api; 4] = [
+    pub const ALL: [Api; 5] = [
         Api::ChatCompletions,
         Api::Completions,
         Api::Embeddings,
         Api::Responses,
+        Api::Messages,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Api {
             Api::Completions => "completions",
             Api::Embeddings => "embeddings",
             Api::Responses => "responses",
+            Api::Messages => "messages",
         }
     }
 
@@ -97,13 +101,16 @@ impl Outcome {
     }
 }
 
-/// Token types. `Output` includes `Reasoning`; `Reasoning` and `CachedInput` are subsets.
+/// Token types. `Output` includes `Reasoning`; `Reasoning`, `CachedInput` and
+/// `CacheCreationInput` are subsets (of output, input, input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenType {
     Input,
     Output,
     Reasoning,
     CachedInput,
+    /// Input written to the prompt cache (Anthropic `cache_creation_input_tokens`).
+    CacheCreationInput,
 }
 
 impl TokenType {
@@ -113,6 +120,7 @@ impl TokenType {
             TokenType::Output => "output",
             TokenType::Reasoning => "reasoning",
             TokenType::CachedInput => "cached_input",
+            TokenType::CacheCreationInput => "cache_creation_input",
         }
     }
 }
@@ -402,7 +410,7 @@ impl Series {
     }
 
     /// A compact key that identifies the series within one VM (model ids are VM-local).
-    /// Bits 0-3: metric; 4-31: the metric's own labels; 32-47: model id.
+    /// Bits 0-3: metric; 4-31: the metric's own labels (`api` takes 3 bits); 32-47: model id.
     pub fn key(&self) -> u64 {
         let (metric, model, labels) = match *self {
             Series::Requests {
@@ -415,9 +423,9 @@ impl Series {
                 0u64,
                 model,
                 api as u64
-                    | u64::from(streaming) << 2
-                    | (status as u64) << 3
-                    | (outcome as u64) << 6,
+                    | u64::from(streaming) << 3
+                    | (status as u64) << 4
+                    | (outcome as u64) << 7,
             ),
             Series::Tokens {
                 model,
@@ -427,14 +435,14 @@ impl Series {
             } => (
                 1,
                 model,
-                api as u64 | (token as u64) << 2 | (source as u64) << 4,
+                api as u64 | (token as u64) << 3 | (source as u64) << 6,
             ),
             Series::TimeToFirstToken { model, api } => (2, model, api as u64),
             Series::RequestDuration {
                 model,
                 api,
                 streaming,
-            } => (3, model, api as u64 | u64::from(streaming) << 2),
+            } => (3, model, api as u64 | u64::from(streaming) << 3),
             Series::TimePerOutputToken { model, api } => (4, model, api as u64),
             Series::ActiveRequests { model, api } => (5, model, api as u64),
             Series::FilterErrors { kind } => (6, ModelId::UNKNOWN, kind as u64),
@@ -589,6 +597,7 @@ mod tests {
                 TokenType::Output,
                 TokenType::Reasoning,
                 TokenType::CachedInput,
+                TokenType::CacheCreationInput,
             ] {
                 for source in [Source::Usage, Source::Estimated] {
                     v.push(Series::Tokens {

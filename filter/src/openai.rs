@@ -3,7 +3,8 @@
 //! copies), so a stream event costs one pass over its bytes and no allocation.
 //!
 //! The same views cover the servers that imitate OpenAI (vLLM, SGLang, llama.cpp, Ollama) and the
-//! Responses API, whose field names differ (`input_tokens` for `prompt_tokens`, typed events).
+//! Responses API, whose field names differ (`input_tokens` for `prompt_tokens`, typed events), and
+//! Anthropic's Messages API (`cache_read_input_tokens`, `content_block_delta` events).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -43,6 +44,22 @@ pub struct Usage {
     pub output: Option<u64>,
     pub reasoning: Option<u64>,
     pub cached_input: Option<u64>,
+    /// Input written to the prompt cache (Anthropic); a subset of `input`.
+    pub cache_creation_input: Option<u64>,
+}
+
+impl Usage {
+    /// This usage, with every field that `later` reports replaced by it: a stream may report its
+    /// usage in parts (Anthropic: input in `message_start`, output in `message_delta`).
+    pub fn updated(self, later: Usage) -> Usage {
+        Usage {
+            input: later.input.or(self.input),
+            output: later.output.or(self.output),
+            reasoning: later.reasoning.or(self.reasoning),
+            cached_input: later.cached_input.or(self.cached_input),
+            cache_creation_input: later.cache_creation_input.or(self.cache_creation_input),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -55,9 +72,12 @@ struct ReasoningDetails {
     reasoning_tokens: Option<u64>,
 }
 
-/// Chat/completions (`prompt_tokens`...) and Responses API (`input_tokens`...) names in one view.
+/// Chat/completions (`prompt_tokens`...), Responses API (`input_tokens`...) and Anthropic
+/// (`input_tokens`, `cache_read_input_tokens`, `cache_creation_input_tokens`) names in one view.
 #[derive(Deserialize)]
 struct UsageView {
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     input_tokens: Option<u64>,
@@ -72,12 +92,23 @@ impl From<UsageView> for Usage {
     fn from(u: UsageView) -> Usage {
         let cached = |d: Option<CachedDetails>| d.and_then(|d| d.cached_tokens);
         let reasoning = |d: Option<ReasoningDetails>| d.and_then(|d| d.reasoning_tokens);
+        // Anthropic's `input_tokens` leaves out the cached and cache-written input; OpenAI's
+        // counts include them (and never come with these two fields).
+        let cache_read = u.cache_read_input_tokens;
+        let cache_creation = u.cache_creation_input_tokens;
+        let anthropic_input = u.input_tokens.map(|i| {
+            i.saturating_add(cache_read.unwrap_or(0))
+                .saturating_add(cache_creation.unwrap_or(0))
+        });
         Usage {
-            input: u.prompt_tokens.or(u.input_tokens),
+            input: u.prompt_tokens.or(anthropic_input),
             output: u.completion_tokens.or(u.output_tokens),
             reasoning: reasoning(u.completion_tokens_details)
                 .or(reasoning(u.output_tokens_details)),
-            cached_input: cached(u.prompt_tokens_details).or(cached(u.input_tokens_details)),
+            cached_input: cached(u.prompt_tokens_details)
+                .or(cached(u.input_tokens_details))
+                .or(cache_read),
+            cache_creation_input: cache_creation,
         }
     }
 }
@@ -346,8 +377,150 @@ struct EventView<'a> {
     #[serde(borrow)]
     object: Option<Cow<'a, str>>,
     #[serde(default)]
-    delta: NonEmpty,
+    delta: EventDelta,
     response: Option<ResponseObjectView>,
+    /// Anthropic `message_start`: the message, with the input usage (vLLM's error events have a
+    /// string `message`, which is skipped).
+    #[serde(default)]
+    message: MessageView,
+}
+
+/// A top-level `message`: the usage of an object, nothing from any other value.
+#[derive(Default)]
+struct MessageView {
+    usage: Option<UsageView>,
+}
+
+impl<'de> Deserialize<'de> for MessageView {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MessageView;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MessageView, A::Error> {
+                let v =
+                    ResponseObjectView::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(MessageView { usage: v.usage })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<MessageView, D::Error> {
+                MessageView::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MessageView, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MessageView::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An Anthropic `content_block_delta`'s `delta` object.
+#[derive(Deserialize)]
+struct BlockDeltaView<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    text: NonEmpty,
+    #[serde(default)]
+    thinking: NonEmpty,
+    #[serde(default)]
+    partial_json: NonEmpty,
+}
+
+/// An event's top-level `delta`: a string (Responses API), or an object (Anthropic).
+#[derive(Default)]
+struct EventDelta {
+    /// A non-empty string.
+    text: bool,
+    /// An object carrying answer output (`text_delta`, `input_json_delta`).
+    answer: bool,
+    /// An object carrying reasoning (`thinking_delta`).
+    reasoning: bool,
+}
+
+impl<'de> Deserialize<'de> for EventDelta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EventDelta;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<EventDelta, E> {
+                Ok(EventDelta {
+                    text: !s.is_empty(),
+                    ..EventDelta::default()
+                })
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<EventDelta, D::Error> {
+                EventDelta::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventDelta, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(EventDelta::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EventDelta, A::Error> {
+                let v = BlockDeltaView::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(match v.kind.as_deref() {
+                    Some("text_delta") => EventDelta {
+                        answer: v.text.0,
+                        ..EventDelta::default()
+                    },
+                    Some("input_json_delta") => EventDelta {
+                        answer: v.partial_json.0,
+                        ..EventDelta::default()
+                    },
+                    Some("thinking_delta") => EventDelta {
+                        reasoning: v.thinking.0,
+                        ..EventDelta::default()
+                    },
+                    _ => EventDelta::default(),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Whether a Responses API event type carries model output in its `delta`: every
@@ -377,11 +550,13 @@ pub fn parse_event<'a>(
     let usage = v
         .usage
         .or(v.response.and_then(|r| r.usage))
+        .or(v.message.usage)
         .map(Usage::from);
-    let delta = v.delta.0 && is_output_delta(kind);
+    let delta = v.delta.text && is_output_delta(kind);
     let delta_reasoning = delta && kind.starts_with("response.reasoning");
-    let reasoning = v.choices.reasoning || delta_reasoning;
-    let answer = v.choices.answer || (delta && !delta_reasoning);
+    let block = kind == "content_block_delta";
+    let reasoning = v.choices.reasoning || delta_reasoning || (block && v.delta.reasoning);
+    let answer = v.choices.answer || (delta && !delta_reasoning) || (block && v.delta.answer);
     Ok(EventInfo {
         token: reasoning || answer || v.choices.content.is_some(),
         reasoning,
@@ -390,7 +565,7 @@ pub fn parse_event<'a>(
         end: v.choices.finished
             || matches!(
                 kind,
-                "response.completed" | "response.incomplete" | "response.failed"
+                "response.completed" | "response.incomplete" | "response.failed" | "message_stop"
             ),
         error: v.error.is_some()
             || matches!(kind, "error" | "response.failed")
@@ -456,7 +631,8 @@ mod tests {
                 input: Some(20),
                 output: Some(12),
                 reasoning: Some(5),
-                cached_input: Some(8)
+                cached_input: Some(8),
+                cache_creation_input: None
             })
         );
         assert!(!r.error);
@@ -475,7 +651,8 @@ mod tests {
                 input: Some(9),
                 output: Some(30),
                 reasoning: Some(10),
-                cached_input: Some(0)
+                cached_input: Some(0),
+                cache_creation_input: None
             })
         );
     }
@@ -663,6 +840,122 @@ mod tests {
         ] {
             assert!(!ev(data).token, "{data}");
         }
+    }
+
+    #[test]
+    fn anthropic_usage_counts_cached_and_cache_written_input_as_input() {
+        let r = parse_response(
+            br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi"}],
+            "stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":200,
+            "cache_read_input_tokens":1800,"output_tokens":40,"service_tier":"standard"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input: Some(2012),
+                output: Some(40),
+                reasoning: None,
+                cached_input: Some(1800),
+                cache_creation_input: Some(200)
+            })
+        );
+        assert!(!r.error);
+        // OpenAI-shaped usage with the same extra fields (LiteLLM): prompt_tokens already has them.
+        let r = parse_response(
+            br#"{"usage":{"prompt_tokens":50,"completion_tokens":2,"cache_read_input_tokens":30,"cache_creation_input_tokens":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.usage.unwrap().input, Some(50));
+        let r = parse_response(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        )
+        .unwrap();
+        assert!(r.error);
+    }
+
+    #[test]
+    fn anthropic_stream_events_are_understood() {
+        let start = ev(
+            r#"{"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+        );
+        assert!(!start.token && !start.end);
+        assert_eq!(start.usage.unwrap().input, Some(125));
+        assert_eq!(start.usage.unwrap().cached_input, Some(100));
+        for (data, reasoning, answer) in [
+            (
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+                false,
+                true,
+            ),
+            (
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me"}}"#,
+                true,
+                false,
+            ),
+            (
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\":"}}"#,
+                false,
+                true,
+            ),
+        ] {
+            let e = ev(data);
+            assert!(e.token, "{data}");
+            assert_eq!((e.reasoning, e.answer), (reasoning, answer), "{data}");
+            assert!(e.content.is_none());
+        }
+        for data in [
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQB"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"ping"}"#,
+        ] {
+            assert!(!ev(data).token, "{data}");
+        }
+        let delta = ev(
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
+        );
+        assert!(!delta.token && !delta.end);
+        assert_eq!(
+            delta.usage,
+            Some(Usage {
+                output: Some(15),
+                ..Usage::default()
+            })
+        );
+        assert!(ev(r#"{"type":"message_stop"}"#).end);
+        let e = parse_event(
+            b"error",
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        )
+        .unwrap();
+        assert!(e.error);
+        // vLLM's legacy error events have a string `message`: still an error, not a parse failure.
+        assert!(ev(r#"{"object":"error","message":"boom","code":500}"#).error);
+    }
+
+    #[test]
+    fn usage_in_parts_keeps_what_a_later_part_does_not_report() {
+        let start = Usage {
+            input: Some(125),
+            output: Some(1),
+            cached_input: Some(100),
+            cache_creation_input: Some(0),
+            ..Usage::default()
+        };
+        let end = Usage {
+            output: Some(15),
+            ..Usage::default()
+        };
+        assert_eq!(
+            start.updated(end),
+            Usage {
+                output: Some(15),
+                ..start
+            }
+        );
     }
 
     #[test]
