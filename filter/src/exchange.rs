@@ -7,10 +7,12 @@
 //! `end_of_stream` ever arrived. `finish` returns the [`Observation`]; nothing here touches the host.
 //!
 //! Memory per exchange: this struct (about 210 bytes, of which 8 hold the longest inter-token gap,
-//! 32 the first reasoning and first answer chunk times, and 2 the `<think>` tag matcher) plus, while they are being read, the request
-//! body (at most `max_request_body_bytes`, freed once parsed), a non-streaming response body (at most
-//! `max_response_body_bytes`, freed once parsed) or the SSE decoder's partial line and event (at most
-//! twice `max_event_bytes`). Nothing grows with the number of stream events.
+//! 32 the first reasoning and first answer chunk times, and 2 the `<think>` tag matcher) plus, while
+//! they are being read, the request body (at most `max_request_body_bytes`, freed once parsed), a
+//! non-streaming response body (at most `max_response_body_bytes`, freed once parsed) or the SSE
+//! decoder's partial line and event (at most twice `max_event_bytes`). Nothing grows with the number
+//! of stream events. Parsing an event allocates only when a chat `content` string has JSON escapes
+//! (its unescaped copy, freed with the event).
 
 use crate::config::Config;
 use crate::metrics::{

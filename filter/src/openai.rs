@@ -148,10 +148,12 @@ pub fn parse_response(body: &[u8]) -> Result<ResponseInfo, serde_json::Error> {
 pub struct EventInfo<'a> {
     /// The event carries generated text, reasoning, a refusal or a tool call.
     pub token: bool,
-    /// The event carries reasoning (`reasoning_content`, `reasoning`, a `response.reasoning*` delta).
+    /// The event carries reasoning (`reasoning_content`, `reasoning`, a `response.reasoning*`
+    /// delta, an Anthropic `thinking_delta`).
     pub reasoning: bool,
     /// The event carries answer output other than chat `content` text: a refusal, a tool call,
-    /// completions `text`, a Responses output delta that is not reasoning, non-string `content`.
+    /// completions `text`, a Responses output delta that is not reasoning, an Anthropic
+    /// `text_delta` or `input_json_delta`, non-string `content`.
     pub answer: bool,
     /// The non-empty text of a chat delta's `content` (JSON-unescaped; borrowed unless it had
     /// escapes). Whether it is answer or reasoning depends on `<think>` tags, which the caller
