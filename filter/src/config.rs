@@ -44,6 +44,7 @@ impl Default for Config {
                 ("/completions".to_owned(), Api::Completions),
                 ("/embeddings".to_owned(), Api::Embeddings),
                 ("/responses".to_owned(), Api::Responses),
+                ("/messages".to_owned(), Api::Messages),
             ]),
         }
     }
@@ -173,7 +174,7 @@ impl TryFrom<RawConfig> for Config {
                     let api = Api::from_label(&api).ok_or_else(|| ConfigError {
                         field,
                         message: format!(
-                            "{api:?} is not one of chat_completions, completions, embeddings, responses"
+                            "{api:?} is not one of chat_completions, completions, embeddings, responses, messages"
                         ),
                     })?;
                     paths.push((suffix, api));
@@ -325,6 +326,12 @@ mod tests {
         );
         assert_eq!(c.api_for_path("/v1/embeddings"), Some(Api::Embeddings));
         assert_eq!(c.api_for_path("/v1/responses"), Some(Api::Responses));
+        assert_eq!(c.api_for_path("/v1/messages"), Some(Api::Messages));
+        assert_eq!(
+            c.api_for_path("/v1/messages?beta=true"),
+            Some(Api::Messages)
+        );
+        assert_eq!(c.api_for_path("/v1/messages/count_tokens"), None);
         assert_eq!(c.api_for_path("/v1/models"), None);
         assert_eq!(c.api_for_path("/v1/chat/completions/"), None);
     }

@@ -6,10 +6,13 @@
 //! calls exactly once per stream, also when the client or the upstream went away and no
 //! `end_of_stream` ever arrived. `finish` returns the [`Observation`]; nothing here touches the host.
 //!
-//! Memory per exchange: this struct (about 200 bytes) plus, while they are being read, the request
-//! body (at most `max_request_body_bytes`, freed once parsed), a non-streaming response body (at most
-//! `max_response_body_bytes`, freed once parsed) or the SSE decoder's partial line and event (at most
-//! twice `max_event_bytes`). Nothing grows with the number of stream events.
+//! Memory per exchange: this struct (about 210 bytes, of which 8 hold the longest inter-token gap,
+//! 32 the first reasoning and first answer chunk times, and 2 the `<think>` tag matcher) plus, while
+//! they are being read, the request body (at most `max_request_body_bytes`, freed once parsed), a
+//! non-streaming response body (at most `max_response_body_bytes`, freed once parsed) or the SSE
+//! decoder's partial line and event (at most twice `max_event_bytes`). Nothing grows with the number
+//! of stream events. Parsing an event allocates only when a chat `content` string has JSON escapes
+//! (its unescaped copy, freed with the event).
 
 use crate::config::Config;
 use crate::metrics::{
@@ -18,6 +21,7 @@ use crate::metrics::{
 use crate::model::ModelId;
 use crate::openai::{self, Usage};
 use crate::sse::{self, Decoder, Item};
+use crate::think::ThinkTags;
 
 const NANOS_PER_MILLI: u64 = 1_000_000;
 
@@ -62,6 +66,14 @@ pub struct Exchange {
     token_events: u64,
     first_token_ns: Option<u64>,
     last_token_ns: u64,
+    /// The longest gap between two token-bearing chunks so far.
+    max_gap_ns: u64,
+    /// The chunk of the first reasoning token, when it came before any answer token.
+    first_reasoning_ns: Option<u64>,
+    /// The chunk of the first token that is not reasoning.
+    first_answer_ns: Option<u64>,
+    /// Where the stream's chat content is relative to raw `<think>` tags.
+    think: ThinkTags,
     stream_end_seen: bool,
     error_seen: bool,
     errors: ErrorSet,
@@ -81,6 +93,17 @@ pub struct Observation {
     pub ttft_ms: Option<u64>,
     pub duration_ms: u64,
     pub tpot_us: Option<u64>,
+    /// Streams with ≥ 2 token events: the longest gap between token-bearing chunks (events in one
+    /// chunk share its time, so a gap inside a chunk is 0).
+    pub max_gap_ms: Option<u64>,
+    /// Streams: request headers → the first token that is not reasoning.
+    pub ttfat_ms: Option<u64>,
+    /// Streams: the first reasoning token → the first answer token, when reasoning came first.
+    pub reasoning_ms: Option<u64>,
+    /// A stream the filter read ended without any usage (the output is an estimate).
+    pub usage_missing: bool,
+    /// A stream with token events reported a usage `output` more than 10 % away from their count.
+    pub token_count_mismatch: bool,
     pub errors: ErrorSet,
     /// The active-requests gauge was raised for this exchange and must be lowered.
     pub was_active: bool,
@@ -118,6 +141,10 @@ impl Exchange {
             token_events: 0,
             first_token_ns: None,
             last_token_ns: 0,
+            max_gap_ns: 0,
+            first_reasoning_ns: None,
+            first_answer_ns: None,
+            think: ThinkTags::default(),
             stream_end_seen: false,
             error_seen: false,
             errors: ErrorSet::default(),
@@ -241,19 +268,33 @@ impl Exchange {
     ) {
         match &mut self.response {
             ResponseBody::Sse(decoder) => {
-                let mut tokens = 0u64;
+                let mut tokens = ChunkTokens {
+                    answered: self.first_answer_ns.is_some(),
+                    ..ChunkTokens::default()
+                };
                 let mut state = StreamState {
                     usage: &mut self.usage,
                     end: &mut self.stream_end_seen,
                     error: &mut self.error_seen,
                     errors: &mut self.errors,
+                    think: &mut self.think,
                 };
                 decoder.feed(chunk, &mut |item| state.item(item, &mut tokens));
-                if tokens > 0 {
+                if tokens.events > 0 {
                     let t = now();
+                    if tokens.reasoning_first {
+                        self.first_reasoning_ns.get_or_insert(t);
+                    }
+                    if tokens.answer {
+                        self.first_answer_ns.get_or_insert(t);
+                    }
+                    if self.first_token_ns.is_some() {
+                        let gap = t.saturating_sub(self.last_token_ns);
+                        self.max_gap_ns = self.max_gap_ns.max(gap);
+                    }
                     self.first_token_ns.get_or_insert(t);
                     self.last_token_ns = t;
-                    self.token_events += tokens;
+                    self.token_events += tokens.events;
                 }
             }
             ResponseBody::Json(buf) => {
@@ -289,14 +330,20 @@ impl Exchange {
     /// Ends the exchange at `now_ns` (from `on_log` or the stream-complete callback).
     /// `response_flags` reads Envoy's response flags (a bit set, see [`RESPONSE_FLAG_DOWNSTREAM_DISCONNECT`]);
     /// it is asked only when the response did not end, to tell a client abort from an upstream one.
+    /// A stream whose end marker (`[DONE]`, a `finish_reason`, a final Responses event) already
+    /// passed through is `completed` whether or not the HTTP body's end followed.
     pub fn finish(&mut self, now_ns: u64, response_flags: &mut dyn FnMut() -> u64) -> Observation {
         let outcome = if self.status.is_some_and(|s| s >= 400) || self.error_seen {
             Outcome::Error
+        } else if self.sse && self.stream_end_seen {
+            // The stream's own end passed through: the client has the whole answer, even when it
+            // (or the upstream) closes before the HTTP body's end.
+            Outcome::Completed
         } else if self.response_ended {
-            if !self.sse || self.stream_end_seen {
-                Outcome::Completed
-            } else {
+            if self.sse {
                 Outcome::UpstreamAbort
+            } else {
+                Outcome::Completed
             }
         } else if response_flags() & RESPONSE_FLAG_DOWNSTREAM_DISCONNECT != 0 {
             Outcome::ClientAbort
@@ -317,6 +364,26 @@ impl Exchange {
                 .map(|first| self.last_token_ns.saturating_sub(first) / NANOS_PER_MICRO / (n - 1)),
             _ => None,
         };
+        // A stream the filter decoded (an error status or an encoded body is never read).
+        let read_stream = self.sse
+            && self.status.is_none_or(|s| s < 400)
+            && !self.errors.contains(ErrorKind::EncodedBody);
+        let max_gap_ms =
+            (self.sse && self.token_events >= 2).then_some(self.max_gap_ns / NANOS_PER_MILLI);
+        let token_count_mismatch = match self.usage.and_then(|u| u.output) {
+            Some(reported) if self.sse && self.token_events >= 1 => {
+                reported.abs_diff(self.token_events).saturating_mul(10) > reported
+            }
+            _ => false,
+        };
+        let (ttfat_ms, reasoning_ms) = match (self.sse, self.first_answer_ns) {
+            (true, Some(answer)) => (
+                Some(answer.saturating_sub(self.start_ns) / NANOS_PER_MILLI),
+                self.first_reasoning_ns
+                    .map(|r| answer.saturating_sub(r) / NANOS_PER_MILLI),
+            ),
+            _ => (None, None),
+        };
         Observation {
             api: self.api,
             model: self.model,
@@ -328,6 +395,11 @@ impl Exchange {
             ttft_ms,
             duration_ms: now_ns.saturating_sub(self.start_ns) / NANOS_PER_MILLI,
             tpot_us,
+            max_gap_ms,
+            ttfat_ms,
+            reasoning_ms,
+            usage_missing: read_stream && self.usage.is_none(),
+            token_count_mismatch,
             errors: self.errors,
             was_active: matches!(self.request, RequestBody::Done),
         }
@@ -340,19 +412,47 @@ struct StreamState<'a> {
     end: &'a mut bool,
     error: &'a mut bool,
     errors: &'a mut ErrorSet,
+    think: &'a mut ThinkTags,
+}
+
+/// What the events of one chunk carried (they share the chunk's clock reading).
+#[derive(Default)]
+struct ChunkTokens {
+    /// Token-bearing events.
+    events: u64,
+    /// An answer token came before this chunk, or earlier in it.
+    answered: bool,
+    /// A reasoning token came before any answer token.
+    reasoning_first: bool,
+    /// An answer token came in this chunk.
+    answer: bool,
 }
 
 impl StreamState<'_> {
-    fn item(&mut self, item: Item<'_>, tokens: &mut u64) {
+    fn item(&mut self, item: Item<'_>, tokens: &mut ChunkTokens) {
         match item {
             sse::Item::TooLarge => self.errors.insert(ErrorKind::EventTooLarge),
             sse::Item::Event { event, data } => match openai::parse_event(event, data) {
                 Ok(info) => {
-                    *tokens += u64::from(info.token);
+                    tokens.events += u64::from(info.token);
+                    let (mut reasoning, mut answer) = (info.reasoning, info.answer);
+                    if let Some(text) = info.content.as_deref() {
+                        let class = self.think.feed(text);
+                        reasoning |= class.reasoning;
+                        answer |= class.answer;
+                    }
+                    if answer {
+                        self.think.answered();
+                    }
+                    // Within one event, reasoning is taken to come first.
+                    tokens.reasoning_first |= reasoning && !tokens.answered;
+                    tokens.answer |= answer;
+                    tokens.answered |= answer;
                     *self.end |= info.end;
                     *self.error |= info.error;
-                    if info.usage.is_some() {
-                        *self.usage = info.usage;
+                    if let Some(u) = info.usage {
+                        // Field by field: the last value of each wins.
+                        *self.usage = Some(self.usage.map_or(u, |prev| prev.updated(u)));
                     }
                 }
                 Err(_) => self.errors.insert(ErrorKind::ResponseParse),
@@ -395,6 +495,11 @@ impl Observation {
                 tokens(TokenType::Output, Source::Usage, u.output);
                 tokens(TokenType::Reasoning, Source::Usage, u.reasoning);
                 tokens(TokenType::CachedInput, Source::Usage, u.cached_input);
+                tokens(
+                    TokenType::CacheCreationInput,
+                    Source::Usage,
+                    u.cache_creation_input,
+                );
             }
             None => tokens(
                 TokenType::Output,
@@ -407,6 +512,24 @@ impl Observation {
         }
         if let Some(us) = self.tpot_us {
             f(Series::TimePerOutputToken { model, api }, Op::Record(us));
+        }
+        if let Some(ms) = self.ttfat_ms {
+            f(
+                Series::TimeToFirstAnswerToken { model, api },
+                Op::Record(ms),
+            );
+        }
+        if let Some(ms) = self.reasoning_ms {
+            f(Series::ReasoningDuration { model, api }, Op::Record(ms));
+        }
+        if let Some(ms) = self.max_gap_ms {
+            f(Series::MaxInterTokenGap { model, api }, Op::Record(ms));
+        }
+        if self.usage_missing {
+            f(Series::UsageMissing { model, api }, Op::Add(1));
+        }
+        if self.token_count_mismatch {
+            f(Series::TokenCountMismatch { model, api }, Op::Add(1));
         }
         f(
             Series::RequestDuration {

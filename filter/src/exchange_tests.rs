@@ -269,6 +269,50 @@ fn no_end_of_response_is_a_client_or_upstream_abort_by_the_flags() {
 }
 
 #[test]
+fn a_stream_whose_end_passed_is_completed_even_if_the_body_never_ends() {
+    let config = cfg();
+    // [DONE], a finish_reason and a final Responses event each end a stream.
+    let ends = [
+        (Api::ChatCompletions, "data: [DONE]\n\n"),
+        (
+            Api::ChatCompletions,
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        ),
+        (
+            Api::Responses,
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":null}}\n\n",
+        ),
+    ];
+    for (api, end) in ends {
+        for flags in [DC, 0] {
+            let mut ex = Exchange::new(api, 0);
+            chat_stream_request(&mut ex, &config);
+            ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+            ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
+            ex.response_body(end.as_bytes(), false, &config, &mut || 2 * MS);
+            // The client (DC) or the upstream closes before the body's own end.
+            let obs = ex.finish(3 * MS, &mut || flags);
+            assert_eq!(obs.outcome, Outcome::Completed, "{end} flags {flags}");
+        }
+    }
+}
+
+#[test]
+fn an_error_before_the_end_still_wins_over_an_early_close() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(
+        b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n",
+        false,
+        &config,
+        &mut || 0,
+    );
+    assert_eq!(ex.finish(MS, &mut || DC).outcome, Outcome::Error);
+}
+
+#[test]
 fn a_request_body_in_many_chunks_or_with_trailers_is_parsed_once_complete() {
     let config = cfg();
     let body = br#"{"messages":[{"role":"user","content":"hello"}],"model":"Qwen/Qwen3-1.7B","stream":false}"#;
@@ -442,6 +486,504 @@ fn a_single_token_stream_has_ttft_but_no_tpot() {
     ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
     let obs = ex.finish(50 * MS, &mut || 0);
     assert_eq!((obs.ttft_ms, obs.tpot_us), (Some(42), None));
+}
+
+fn has(obs: &Observation, want: fn(&Series) -> bool) -> bool {
+    ops(obs).iter().any(|(s, _)| want(s))
+}
+
+/// A chat stream: each chunk at its time (ms), then `tail` (usage, end) as the last chunk.
+fn stream(chunks: &[(u64, &str)], tail: &str) -> Observation {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    for (t, c) in chunks {
+        ex.response_body(c.as_bytes(), false, &config, &mut || t * MS);
+    }
+    ex.response_body(tail.as_bytes(), true, &config, &mut || 999 * MS);
+    ex.finish(1_000 * MS, &mut || 0)
+}
+
+fn usage_chunk(output: u64) -> String {
+    format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":{output}}}}}\n\ndata: [DONE]\n\n")
+}
+
+#[test]
+fn a_stream_without_usage_is_counted_whatever_its_outcome() {
+    let x = content_event("x");
+    let obs = stream(&[(1, &x)], "data: [DONE]\n\n");
+    assert!(obs.usage_missing);
+    assert!(has(&obs, |s| matches!(s, Series::UsageMissing { .. })));
+    assert!(!stream(&[(1, &x)], &usage_chunk(1)).usage_missing);
+    // Aborted, or ended in an error: still no usage.
+    let config = cfg();
+    for (tail, flags) in [("", DC), ("data: {\"error\":{\"message\":\"x\"}}\n\n", 0)] {
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        chat_stream_request(&mut ex, &config);
+        ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+        ex.response_body(x.as_bytes(), false, &config, &mut || MS);
+        ex.response_body(tail.as_bytes(), false, &config, &mut || MS);
+        let obs = ex.finish(2 * MS, &mut || flags);
+        assert!(obs.usage_missing, "{:?}", obs.outcome);
+    }
+    // Not a stream the filter read: JSON, an error status, an encoded body, no response at all.
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(b"{}", true, &config, &mut || 0);
+    assert!(!ex.finish(0, &mut || 0).usage_missing);
+    for (status, encoding) in [(Some(500), None), (Some(200), Some("gzip"))] {
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        ex.response_headers(status, Some("text/event-stream"), encoding, true, &config);
+        assert!(
+            !ex.finish(0, &mut || 0).usage_missing,
+            "{status:?} {encoding:?}"
+        );
+    }
+    assert!(
+        !Exchange::new(Api::ChatCompletions, 0)
+            .finish(0, &mut || DC)
+            .usage_missing
+    );
+}
+
+#[test]
+fn a_usage_more_than_ten_percent_off_the_event_count_is_a_mismatch() {
+    let ten: Vec<(u64, String)> = (0..10).map(|i| (i, content_event("x"))).collect();
+    let chunks: Vec<(u64, &str)> = ten.iter().map(|(t, c)| (*t, c.as_str())).collect();
+    // 10 events; a mismatch is |usage - events| * 10 > usage, measured against the usage: 11 is
+    // within (10 > 11 is false), 9 is not (10 > 9), nor 12 (20 > 12).
+    for (output, mismatch) in [
+        (8, true),
+        (9, true),
+        (10, false),
+        (11, false),
+        (12, true),
+        (100, true),
+        (0, true),
+    ] {
+        let obs = stream(&chunks, &usage_chunk(output));
+        assert_eq!(obs.token_count_mismatch, mismatch, "usage {output}");
+        assert_eq!(
+            has(&obs, |s| matches!(s, Series::TokenCountMismatch { .. })),
+            mismatch
+        );
+        assert!(!obs.usage_missing);
+    }
+    // No token events (hidden reasoning only), or no usage: no comparison.
+    assert!(!stream(&[], &usage_chunk(50)).token_count_mismatch);
+    assert!(!stream(&chunks, "data: [DONE]\n\n").token_count_mismatch);
+    // A non-streaming response never compares.
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"usage":{"completion_tokens":40}}"#,
+        true,
+        &config,
+        &mut || 0,
+    );
+    assert!(!ex.finish(0, &mut || 0).token_count_mismatch);
+}
+
+#[test]
+fn the_longest_gap_between_token_chunks_is_recorded() {
+    let x = content_event("x");
+    let two = format!("{x}{x}");
+    let obs = stream(
+        &[(100, &x), (120, &x), (170, &x), (180, &x)],
+        "data: [DONE]\n\n",
+    );
+    assert_eq!(obs.max_gap_ms, Some(50));
+    assert!(ops(&obs).contains(&(
+        Series::MaxInterTokenGap {
+            model: ModelId(2),
+            api: Api::ChatCompletions
+        },
+        Op::Record(50)
+    )));
+    // A chunk without tokens does not end a gap.
+    let role = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+    let obs = stream(&[(10, &x), (500, role), (700, &x)], "data: [DONE]\n\n");
+    assert_eq!(obs.max_gap_ms, Some(690));
+    // Two events in one chunk: a gap of 0. One event: no gap at all.
+    assert_eq!(stream(&[(10, &two)], "").max_gap_ms, Some(0));
+    let obs = stream(&[(10, &x)], "data: [DONE]\n\n");
+    assert_eq!(obs.max_gap_ms, None);
+    assert!(!has(&obs, |s| matches!(s, Series::MaxInterTokenGap { .. })));
+}
+
+fn delta_event(field: &str, text: &str) -> String {
+    let text = serde_json::to_string(text).unwrap();
+    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"{field}\":{text}}},\"finish_reason\":null}}]}}\n\n")
+}
+
+fn responses_event(kind: &str, delta: &str) -> String {
+    format!("event: {kind}\ndata: {{\"type\":\"{kind}\",\"delta\":\"{delta}\"}}\n\n")
+}
+
+#[test]
+fn reasoning_content_then_content_gives_answer_time_and_reasoning_duration() {
+    let (r1, r2) = (
+        delta_event("reasoning_content", "Let me"),
+        delta_event("reasoning_content", " see"),
+    );
+    let a = delta_event("content", "4");
+    let obs = stream(&[(100, &r1), (150, &r2), (300, &a)], "data: [DONE]\n\n");
+    assert_eq!(obs.ttft_ms, Some(100));
+    assert_eq!(obs.ttfat_ms, Some(300));
+    assert_eq!(obs.reasoning_ms, Some(200));
+    let all = ops(&obs);
+    let (model, api) = (ModelId(2), Api::ChatCompletions);
+    assert!(all.contains(&(
+        Series::TimeToFirstAnswerToken { model, api },
+        Op::Record(300)
+    )));
+    assert!(all.contains(&(Series::ReasoningDuration { model, api }, Op::Record(200))));
+    // `reasoning` (Ollama, vLLM >= 0.10) is reasoning too.
+    let r = delta_event("reasoning", "hmm");
+    let obs = stream(&[(10, &r), (40, &a)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(40), Some(30)));
+}
+
+#[test]
+fn raw_think_tags_in_content_are_reasoning_until_the_closing_tag() {
+    let parts = [
+        (50, "<think>"),
+        (80, "\nOkay, 2+2"),
+        (120, "</think>"),
+        (130, "\n\n"),
+        (200, "It is 4."),
+    ];
+    let events: Vec<(u64, String)> = parts
+        .iter()
+        .map(|(t, p)| (*t, delta_event("content", p)))
+        .collect();
+    let chunks: Vec<(u64, &str)> = events.iter().map(|(t, e)| (*t, e.as_str())).collect();
+    let obs = stream(&chunks, "data: [DONE]\n\n");
+    assert_eq!(obs.token_events, 5);
+    assert_eq!(obs.ttft_ms, Some(50));
+    assert_eq!(obs.ttfat_ms, Some(200));
+    assert_eq!(obs.reasoning_ms, Some(150));
+    // The tags split across events, and the answer in the closing tag's event.
+    let parts = [
+        (50, "<th"),
+        (60, "ink>hm"),
+        (90, "m</thi"),
+        (120, "nk>\n\nYes"),
+    ];
+    let events: Vec<(u64, String)> = parts
+        .iter()
+        .map(|(t, p)| (*t, delta_event("content", p)))
+        .collect();
+    let chunks: Vec<(u64, &str)> = events.iter().map(|(t, e)| (*t, e.as_str())).collect();
+    let obs = stream(&chunks, "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(120), Some(60)));
+    // One event split across two chunks: the event counts when its second half arrives.
+    let e = delta_event("content", "<think>x</think>Hi");
+    let (a, b) = e.split_at(20);
+    let obs = stream(&[(10, a), (70, b)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(70), Some(0)));
+}
+
+#[test]
+fn without_reasoning_the_first_answer_token_is_the_first_token() {
+    let x = content_event("x");
+    let obs = stream(&[(42, &x), (50, &x)], "data: [DONE]\n\n");
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms),
+        (Some(42), Some(42), None)
+    );
+    assert!(!has(&obs, |s| matches!(
+        s,
+        Series::ReasoningDuration { .. }
+    )));
+    // A tool call or refusal is an answer too, and ends any think-tag matching.
+    let tool = "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\"}}]}}]}\n\n";
+    let think = delta_event("content", "<think>");
+    let obs = stream(&[(5, tool), (9, &think)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(5), None));
+}
+
+#[test]
+fn reasoning_without_an_answer_or_after_it_gives_no_duration() {
+    let r = delta_event("reasoning_content", "hmm");
+    let obs = stream(&[(10, &r), (20, &r)], "data: [DONE]\n\n");
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms),
+        (Some(10), None, None)
+    );
+    assert!(!has(&obs, |s| matches!(
+        s,
+        Series::TimeToFirstAnswerToken { .. } | Series::ReasoningDuration { .. }
+    )));
+    // Reasoning that starts after the answer began is not "thinking before answering".
+    let a = delta_event("content", "Hi");
+    let obs = stream(&[(10, &a), (20, &r)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(10), None));
+    // Whitespace before anything else is neither: the answer starts at the text.
+    let (nl, hi) = (delta_event("content", "\n\n"), delta_event("content", "Hi"));
+    let obs = stream(&[(10, &nl), (20, &hi)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttft_ms, obs.ttfat_ms), (Some(10), Some(20)));
+}
+
+#[test]
+fn reasoning_and_answer_in_one_chunk_take_its_time() {
+    let both = format!(
+        "{}{}",
+        delta_event("reasoning_content", "ok"),
+        delta_event("content", "Yes")
+    );
+    let obs = stream(&[(30, &both)], "data: [DONE]\n\n");
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (Some(30), Some(0)));
+}
+
+#[test]
+fn responses_reasoning_deltas_then_output_text() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Responses, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    for (t, e) in [
+        (
+            100,
+            responses_event("response.reasoning_summary_text.delta", "Plan"),
+        ),
+        (180, responses_event("response.reasoning_text.delta", "x")),
+        (400, responses_event("response.output_text.delta", "Hi")),
+    ] {
+        ex.response_body(e.as_bytes(), false, &config, &mut || t * MS);
+    }
+    ex.response_body(
+        b"data: {\"type\":\"response.completed\",\"response\":{}}\n\n",
+        true,
+        &config,
+        &mut || 0,
+    );
+    let obs = ex.finish(500 * MS, &mut || 0);
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms),
+        (Some(100), Some(400), Some(300))
+    );
+}
+
+#[test]
+fn non_streaming_responses_have_no_answer_time() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"choices":[{"message":{"content":"<think>a</think>b"}}]}"#,
+        true,
+        &config,
+        &mut || panic!("clock"),
+    );
+    let obs = ex.finish(MS, &mut || 0);
+    assert_eq!((obs.ttfat_ms, obs.reasoning_ms), (None, None));
+}
+
+const THINK_TEXT: &str =
+    "<think>\nThe user asks 2+2. </thinking is no tag> <\n\"quoted\"</think>\n\n2 + 2 = **4**.";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// Any cut of the text into deltas, and any cut of the stream into chunks, gives the same
+    /// observation, with the answer at the chunk that completes the event holding the first
+    /// answer byte and the reasoning at the one that completes `<think>`.
+    #[test]
+    fn random_cuts_of_a_think_stream_give_the_same_observation(
+        text_cuts in proptest::collection::vec(1..THINK_TEXT.len(), 0..10),
+        byte_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+    ) {
+        let mut cuts = text_cuts;
+        cuts.push(THINK_TEXT.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        let first_answer = THINK_TEXT.find("</think>").unwrap() + "</think>\n\n".len();
+        let open_end = "<think>".len() - 1;
+        let (mut body, mut start) = (String::new(), 0);
+        let (mut answer_event_end, mut think_event_end) = (0, 0);
+        for &end in &cuts {
+            body.push_str(&delta_event("content", &THINK_TEXT[start..end]));
+            if (start..end).contains(&first_answer) {
+                answer_event_end = body.len();
+            }
+            if (start..end).contains(&open_end) {
+                think_event_end = body.len();
+            }
+            start = end;
+        }
+        body.push_str("data: [DONE]\n\n");
+        let mut points: Vec<usize> = byte_cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+        points.push(body.len());
+        points.sort_unstable();
+        // A chunk's clock is its end offset (in ms): an event counts when its last byte arrives.
+        let at = |offset: usize| *points.iter().find(|p| **p >= offset).unwrap() as u64;
+        let config = cfg();
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        chat_stream_request(&mut ex, &config);
+        ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+        let mut from = 0;
+        for &p in &points {
+            let end = p == body.len();
+            ex.response_body(&body.as_bytes()[from..p], end, &config, &mut || p as u64 * MS);
+            from = p;
+        }
+        let obs = ex.finish(10_000 * MS, &mut || 0);
+        prop_assert_eq!(obs.outcome, Outcome::Completed);
+        prop_assert_eq!(obs.token_events, cuts.len() as u64);
+        prop_assert_eq!(obs.ttfat_ms, Some(at(answer_event_end)));
+        prop_assert_eq!(obs.reasoning_ms, Some(at(answer_event_end) - at(think_event_end)));
+    }
+}
+
+fn anthropic(event: &str, data: &str) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+#[test]
+fn an_anthropic_messages_stream_gives_tokens_latencies_and_its_end() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Messages, 0);
+    ex.request_body(
+        br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,"thinking":{"type":"enabled","budget_tokens":512},"messages":[{"role":"user","content":"2+2?"}]}"#,
+        true,
+        &config,
+        &mut model_two,
+    );
+    ex.response_headers(
+        Some(200),
+        Some("text/event-stream; charset=utf-8"),
+        None,
+        false,
+        &config,
+    );
+    let block = |i: u32, delta: &str| {
+        anthropic(
+            "content_block_delta",
+            &format!(r#"{{"type":"content_block_delta","index":{i},"delta":{delta}}}"#),
+        )
+    };
+    let chunks = [
+        (
+            50,
+            anthropic(
+                "message_start",
+                r#"{"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":40,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+            ),
+        ),
+        (
+            60,
+            anthropic(
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+            ),
+        ),
+        (
+            100,
+            block(0, r#"{"type":"thinking_delta","thinking":"2 plus 2"}"#),
+        ),
+        (
+            150,
+            block(0, r#"{"type":"thinking_delta","thinking":" is 4."}"#),
+        ),
+        (
+            160,
+            block(
+                0,
+                r#"{"type":"signature_delta","signature":"EqQBCgIYAhIM"}"#,
+            ),
+        ),
+        (
+            170,
+            anthropic(
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+        ),
+        (180, anthropic("ping", r#"{"type": "ping"}"#)),
+        (400, block(1, r#"{"type":"text_delta","text":"4"}"#)),
+        (420, block(1, r#"{"type":"text_delta","text":"."}"#)),
+        (
+            430,
+            anthropic(
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":1}"#,
+            ),
+        ),
+        (
+            440,
+            anthropic(
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":18}}"#,
+            ),
+        ),
+        (450, anthropic("message_stop", r#"{"type":"message_stop"}"#)),
+    ];
+    for (t, c) in &chunks {
+        ex.response_body(c.as_bytes(), false, &config, &mut || t * MS);
+    }
+    // The client closes after message_stop, before the body's end.
+    let obs = ex.finish(500 * MS, &mut || DC);
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert_eq!(obs.api, Api::Messages);
+    assert_eq!(obs.token_events, 4);
+    assert_eq!(
+        (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms, obs.max_gap_ms),
+        (Some(100), Some(400), Some(300), Some(250))
+    );
+    assert_eq!(
+        token_ops(&obs),
+        vec![
+            (TokenType::Input, Source::Usage, 165),
+            (TokenType::Output, Source::Usage, 18),
+            (TokenType::CachedInput, Source::Usage, 100),
+            (TokenType::CacheCreationInput, Source::Usage, 40),
+        ]
+    );
+    // 4 events against 18 reported tokens.
+    assert!(obs.token_count_mismatch && !obs.usage_missing);
+    let stat = Series::Tokens {
+        model: ModelId(2),
+        api: Api::Messages,
+        token: TokenType::CacheCreationInput,
+        source: Source::Usage,
+    }
+    .stat_name("claude");
+    assert_eq!(
+        stat,
+        "model=.=claude;.;api=.=messages;.;token_type=.=cache_creation_input;.;source=.=usage;.;llm_tokens_total"
+    );
+}
+
+#[test]
+fn an_anthropic_error_event_is_an_error() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::Messages, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    let body = format!(
+        "{}{}",
+        anthropic(
+            "message_start",
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}"#
+        ),
+        anthropic(
+            "error",
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+        )
+    );
+    ex.response_body(body.as_bytes(), true, &config, &mut || MS);
+    let obs = ex.finish(2 * MS, &mut || 0);
+    assert_eq!(obs.outcome, Outcome::Error);
+    assert_eq!(
+        token_ops(&obs),
+        vec![
+            (TokenType::Input, Source::Usage, 9),
+            (TokenType::Output, Source::Usage, 1)
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //!
 //! An HTTP filter for Envoy, built as a proxy-wasm module and as a native Envoy dynamic module, that
 //! watches OpenAI-compatible LLM traffic — chat completions, completions, embeddings and the
-//! Responses API, streamed (SSE) or not — and reports per-model
+//! Responses API — and Anthropic's Messages API, streamed (SSE) or not, and reports per-model
 //! requests, tokens, time to first token, time per output token, duration, outcomes and requests in
 //! flight through Envoy's own stats, which Prometheus scrapes from `/stats/prometheus`.
 //!
@@ -13,6 +13,7 @@
 //! ## Layout: bytes in → events → observations → stats
 //! - [`sse`]: incremental `text/event-stream` decoder (bytes → events), split-safe at any byte.
 //! - [`openai`]: narrow JSON views (request → model/stream, body/event → usage, token, end, error).
+//! - [`think`]: raw `<think>…</think>` tags in chat content (reasoning vs answer), split-safe.
 //! - [`exchange`]: one request/response as a state machine fed bytes and clock values → [`exchange::Observation`].
 //! - [`metrics`]: the public metrics contract (names, labels, tag encoding) and observation → stat ops.
 //! - [`model`]: the bounded `model` label (sanitising, allowlist, process-wide cap).
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod model;
 pub mod openai;
 pub mod sse;
+pub mod think;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -20,14 +20,17 @@ pub enum Api {
     Completions,
     Embeddings,
     Responses,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Messages,
 }
 
 impl Api {
-    pub const ALL: [Api; 4] = [
+    pub const ALL: [Api; 5] = [
         Api::ChatCompletions,
         Api::Completions,
         Api::Embeddings,
         Api::Responses,
+        Api::Messages,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Api {
             Api::Completions => "completions",
             Api::Embeddings => "embeddings",
             Api::Responses => "responses",
+            Api::Messages => "messages",
         }
     }
 
@@ -97,13 +101,16 @@ impl Outcome {
     }
 }
 
-/// Token types. `Output` includes `Reasoning`; `Reasoning` and `CachedInput` are subsets.
+/// Token types. `Output` includes `Reasoning`; `Reasoning`, `CachedInput` and
+/// `CacheCreationInput` are subsets (of output, input, input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenType {
     Input,
     Output,
     Reasoning,
     CachedInput,
+    /// Input written to the prompt cache (Anthropic `cache_creation_input_tokens`).
+    CacheCreationInput,
 }
 
 impl TokenType {
@@ -113,6 +120,7 @@ impl TokenType {
             TokenType::Output => "output",
             TokenType::Reasoning => "reasoning",
             TokenType::CachedInput => "cached_input",
+            TokenType::CacheCreationInput => "cache_creation_input",
         }
     }
 }
@@ -210,10 +218,15 @@ pub enum Metric {
     TimePerOutputToken,
     ActiveRequests,
     FilterErrors,
+    UsageMissing,
+    TokenCountMismatch,
+    MaxInterTokenGap,
+    TimeToFirstAnswerToken,
+    ReasoningDuration,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 12] = [
         Metric::Requests,
         Metric::Tokens,
         Metric::TimeToFirstToken,
@@ -221,6 +234,11 @@ impl Metric {
         Metric::TimePerOutputToken,
         Metric::ActiveRequests,
         Metric::FilterErrors,
+        Metric::UsageMissing,
+        Metric::TokenCountMismatch,
+        Metric::MaxInterTokenGap,
+        Metric::TimeToFirstAnswerToken,
+        Metric::ReasoningDuration,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -232,16 +250,28 @@ impl Metric {
             Metric::TimePerOutputToken => TIME_PER_OUTPUT_TOKEN_US,
             Metric::ActiveRequests => ACTIVE_REQUESTS,
             Metric::FilterErrors => FILTER_ERRORS_TOTAL,
+            Metric::UsageMissing => USAGE_MISSING_TOTAL,
+            Metric::TokenCountMismatch => TOKEN_COUNT_MISMATCH_TOTAL,
+            Metric::MaxInterTokenGap => MAX_INTER_TOKEN_GAP_MS,
+            Metric::TimeToFirstAnswerToken => TIME_TO_FIRST_ANSWER_TOKEN_MS,
+            Metric::ReasoningDuration => REASONING_DURATION_MS,
         }
     }
 
     pub const fn metric_type(self) -> MetricType {
         match self {
-            Metric::Requests | Metric::Tokens | Metric::FilterErrors => MetricType::Counter,
+            Metric::Requests
+            | Metric::Tokens
+            | Metric::FilterErrors
+            | Metric::UsageMissing
+            | Metric::TokenCountMismatch => MetricType::Counter,
             Metric::ActiveRequests => MetricType::Gauge,
-            Metric::TimeToFirstToken | Metric::RequestDuration | Metric::TimePerOutputToken => {
-                MetricType::Histogram
-            }
+            Metric::TimeToFirstToken
+            | Metric::RequestDuration
+            | Metric::TimePerOutputToken
+            | Metric::MaxInterTokenGap
+            | Metric::TimeToFirstAnswerToken
+            | Metric::ReasoningDuration => MetricType::Histogram,
         }
     }
 
@@ -251,9 +281,14 @@ impl Metric {
         match self {
             Metric::Requests => &["model", "api", "streaming", "status_class", "outcome"],
             Metric::Tokens => &["model", "api", "token_type", "source"],
-            Metric::TimeToFirstToken | Metric::TimePerOutputToken | Metric::ActiveRequests => {
-                &["model", "api"]
-            }
+            Metric::TimeToFirstToken
+            | Metric::TimePerOutputToken
+            | Metric::ActiveRequests
+            | Metric::UsageMissing
+            | Metric::TokenCountMismatch
+            | Metric::MaxInterTokenGap
+            | Metric::TimeToFirstAnswerToken
+            | Metric::ReasoningDuration => &["model", "api"],
             Metric::RequestDuration => &["model", "api", "streaming"],
             Metric::FilterErrors => &["kind"],
         }
@@ -315,6 +350,20 @@ pub enum Series {
     ActiveRequests { model: ModelId, api: Api },
     /// `llm_filter_errors_total` (counter).
     FilterErrors { kind: ErrorKind },
+    /// `llm_usage_missing_total` (counter): a read stream that ended without any usage.
+    UsageMissing { model: ModelId, api: Api },
+    /// `llm_token_count_mismatch_total` (counter): usage `output` and the token-event count differ
+    /// by more than 10 %.
+    TokenCountMismatch { model: ModelId, api: Api },
+    /// `llm_max_inter_token_gap_ms` (histogram, milliseconds): a stream's longest pause between
+    /// token-bearing events.
+    MaxInterTokenGap { model: ModelId, api: Api },
+    /// `llm_time_to_first_answer_token_ms` (histogram, milliseconds): request headers → first token
+    /// that is not reasoning.
+    TimeToFirstAnswerToken { model: ModelId, api: Api },
+    /// `llm_reasoning_duration_ms` (histogram, milliseconds): first reasoning token → first answer
+    /// token.
+    ReasoningDuration { model: ModelId, api: Api },
 }
 
 pub const REQUESTS_TOTAL: &str = "llm_requests_total";
@@ -324,6 +373,11 @@ pub const REQUEST_DURATION_MS: &str = "llm_request_duration_ms";
 pub const TIME_PER_OUTPUT_TOKEN_US: &str = "llm_time_per_output_token_us";
 pub const ACTIVE_REQUESTS: &str = "llm_active_requests";
 pub const FILTER_ERRORS_TOTAL: &str = "llm_filter_errors_total";
+pub const USAGE_MISSING_TOTAL: &str = "llm_usage_missing_total";
+pub const TOKEN_COUNT_MISMATCH_TOTAL: &str = "llm_token_count_mismatch_total";
+pub const MAX_INTER_TOKEN_GAP_MS: &str = "llm_max_inter_token_gap_ms";
+pub const TIME_TO_FIRST_ANSWER_TOKEN_MS: &str = "llm_time_to_first_answer_token_ms";
+pub const REASONING_DURATION_MS: &str = "llm_reasoning_duration_ms";
 
 /// Every label name, in the order labels appear in stat names. `envoy/envoy.yaml` has one
 /// `stats_tags` entry per name.
@@ -356,7 +410,7 @@ impl Series {
     }
 
     /// A compact key that identifies the series within one VM (model ids are VM-local).
-    /// Bits 0-3: metric; 4-31: the metric's own labels; 32-47: model id.
+    /// Bits 0-3: metric; 4-31: the metric's own labels (`api` takes 3 bits); 32-47: model id.
     pub fn key(&self) -> u64 {
         let (metric, model, labels) = match *self {
             Series::Requests {
@@ -369,9 +423,9 @@ impl Series {
                 0u64,
                 model,
                 api as u64
-                    | u64::from(streaming) << 2
-                    | (status as u64) << 3
-                    | (outcome as u64) << 6,
+                    | u64::from(streaming) << 3
+                    | (status as u64) << 4
+                    | (outcome as u64) << 7,
             ),
             Series::Tokens {
                 model,
@@ -381,17 +435,22 @@ impl Series {
             } => (
                 1,
                 model,
-                api as u64 | (token as u64) << 2 | (source as u64) << 4,
+                api as u64 | (token as u64) << 3 | (source as u64) << 6,
             ),
             Series::TimeToFirstToken { model, api } => (2, model, api as u64),
             Series::RequestDuration {
                 model,
                 api,
                 streaming,
-            } => (3, model, api as u64 | u64::from(streaming) << 2),
+            } => (3, model, api as u64 | u64::from(streaming) << 3),
             Series::TimePerOutputToken { model, api } => (4, model, api as u64),
             Series::ActiveRequests { model, api } => (5, model, api as u64),
             Series::FilterErrors { kind } => (6, ModelId::UNKNOWN, kind as u64),
+            Series::UsageMissing { model, api } => (7, model, api as u64),
+            Series::TokenCountMismatch { model, api } => (8, model, api as u64),
+            Series::MaxInterTokenGap { model, api } => (9, model, api as u64),
+            Series::TimeToFirstAnswerToken { model, api } => (10, model, api as u64),
+            Series::ReasoningDuration { model, api } => (11, model, api as u64),
         };
         metric | labels << 4 | u64::from(model.0) << 32
     }
@@ -406,6 +465,11 @@ impl Series {
             Series::TimePerOutputToken { .. } => Metric::TimePerOutputToken,
             Series::ActiveRequests { .. } => Metric::ActiveRequests,
             Series::FilterErrors { .. } => Metric::FilterErrors,
+            Series::UsageMissing { .. } => Metric::UsageMissing,
+            Series::TokenCountMismatch { .. } => Metric::TokenCountMismatch,
+            Series::MaxInterTokenGap { .. } => Metric::MaxInterTokenGap,
+            Series::TimeToFirstAnswerToken { .. } => Metric::TimeToFirstAnswerToken,
+            Series::ReasoningDuration { .. } => Metric::ReasoningDuration,
         }
     }
 
@@ -432,7 +496,12 @@ impl Series {
             } => v.set([model_name, api.label(), token.label(), source.label()]),
             Series::TimeToFirstToken { api, .. }
             | Series::TimePerOutputToken { api, .. }
-            | Series::ActiveRequests { api, .. } => v.set([model_name, api.label()]),
+            | Series::ActiveRequests { api, .. }
+            | Series::UsageMissing { api, .. }
+            | Series::TokenCountMismatch { api, .. }
+            | Series::MaxInterTokenGap { api, .. }
+            | Series::TimeToFirstAnswerToken { api, .. }
+            | Series::ReasoningDuration { api, .. } => v.set([model_name, api.label()]),
             Series::RequestDuration { api, streaming, .. } => {
                 v.set([model_name, api.label(), bool_label(streaming)])
             }
@@ -463,7 +532,12 @@ impl Series {
             | Series::TimeToFirstToken { model, .. }
             | Series::RequestDuration { model, .. }
             | Series::TimePerOutputToken { model, .. }
-            | Series::ActiveRequests { model, .. } => Some(model),
+            | Series::ActiveRequests { model, .. }
+            | Series::UsageMissing { model, .. }
+            | Series::TokenCountMismatch { model, .. }
+            | Series::MaxInterTokenGap { model, .. }
+            | Series::TimeToFirstAnswerToken { model, .. }
+            | Series::ReasoningDuration { model, .. } => Some(model),
             Series::FilterErrors { .. } => None,
         }
     }
@@ -523,6 +597,7 @@ mod tests {
                 TokenType::Output,
                 TokenType::Reasoning,
                 TokenType::CachedInput,
+                TokenType::CacheCreationInput,
             ] {
                 for source in [Source::Usage, Source::Estimated] {
                     v.push(Series::Tokens {
@@ -536,6 +611,11 @@ mod tests {
             v.push(Series::TimeToFirstToken { model, api });
             v.push(Series::TimePerOutputToken { model, api });
             v.push(Series::ActiveRequests { model, api });
+            v.push(Series::UsageMissing { model, api });
+            v.push(Series::TokenCountMismatch { model, api });
+            v.push(Series::MaxInterTokenGap { model, api });
+            v.push(Series::TimeToFirstAnswerToken { model, api });
+            v.push(Series::ReasoningDuration { model, api });
         }
         for kind in ErrorKind::ALL {
             v.push(Series::FilterErrors { kind });
@@ -550,6 +630,14 @@ mod tests {
         let names: HashSet<String> = series.iter().map(|s| s.stat_name("m")).collect();
         assert_eq!(keys.len(), series.len());
         assert_eq!(names.len(), series.len());
+    }
+
+    #[test]
+    fn all_series_covers_every_metric() {
+        let metrics: HashSet<Metric> = all_series().iter().map(Series::metric).collect();
+        assert_eq!(metrics.len(), Metric::ALL.len());
+        let names: HashSet<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names.len(), Metric::ALL.len());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! copies), so a stream event costs one pass over its bytes and no allocation.
 //!
 //! The same views cover the servers that imitate OpenAI (vLLM, SGLang, llama.cpp, Ollama) and the
-//! Responses API, whose field names differ (`input_tokens` for `prompt_tokens`, typed events).
+//! Responses API, whose field names differ (`input_tokens` for `prompt_tokens`, typed events), and
+//! Anthropic's Messages API (`cache_read_input_tokens`, `content_block_delta` events).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -43,6 +44,22 @@ pub struct Usage {
     pub output: Option<u64>,
     pub reasoning: Option<u64>,
     pub cached_input: Option<u64>,
+    /// Input written to the prompt cache (Anthropic); a subset of `input`.
+    pub cache_creation_input: Option<u64>,
+}
+
+impl Usage {
+    /// This usage, with every field that `later` reports replaced by it: a stream may report its
+    /// usage in parts (Anthropic: input in `message_start`, output in `message_delta`).
+    pub fn updated(self, later: Usage) -> Usage {
+        Usage {
+            input: later.input.or(self.input),
+            output: later.output.or(self.output),
+            reasoning: later.reasoning.or(self.reasoning),
+            cached_input: later.cached_input.or(self.cached_input),
+            cache_creation_input: later.cache_creation_input.or(self.cache_creation_input),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -55,9 +72,12 @@ struct ReasoningDetails {
     reasoning_tokens: Option<u64>,
 }
 
-/// Chat/completions (`prompt_tokens`...) and Responses API (`input_tokens`...) names in one view.
+/// Chat/completions (`prompt_tokens`...), Responses API (`input_tokens`...) and Anthropic
+/// (`input_tokens`, `cache_read_input_tokens`, `cache_creation_input_tokens`) names in one view.
 #[derive(Deserialize)]
 struct UsageView {
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     input_tokens: Option<u64>,
@@ -72,12 +92,23 @@ impl From<UsageView> for Usage {
     fn from(u: UsageView) -> Usage {
         let cached = |d: Option<CachedDetails>| d.and_then(|d| d.cached_tokens);
         let reasoning = |d: Option<ReasoningDetails>| d.and_then(|d| d.reasoning_tokens);
+        // Anthropic's `input_tokens` leaves out the cached and cache-written input; OpenAI's
+        // counts include them (and never come with these two fields).
+        let cache_read = u.cache_read_input_tokens;
+        let cache_creation = u.cache_creation_input_tokens;
+        let anthropic_input = u.input_tokens.map(|i| {
+            i.saturating_add(cache_read.unwrap_or(0))
+                .saturating_add(cache_creation.unwrap_or(0))
+        });
         Usage {
-            input: u.prompt_tokens.or(u.input_tokens),
+            input: u.prompt_tokens.or(anthropic_input),
             output: u.completion_tokens.or(u.output_tokens),
             reasoning: reasoning(u.completion_tokens_details)
                 .or(reasoning(u.output_tokens_details)),
-            cached_input: cached(u.prompt_tokens_details).or(cached(u.input_tokens_details)),
+            cached_input: cached(u.prompt_tokens_details)
+                .or(cached(u.input_tokens_details))
+                .or(cache_read),
+            cache_creation_input: cache_creation,
         }
     }
 }
@@ -114,9 +145,20 @@ pub fn parse_response(body: &[u8]) -> Result<ResponseInfo, serde_json::Error> {
 
 /// What one stream event says.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct EventInfo {
+pub struct EventInfo<'a> {
     /// The event carries generated text, reasoning, a refusal or a tool call.
     pub token: bool,
+    /// The event carries reasoning (`reasoning_content`, `reasoning`, a `response.reasoning*`
+    /// delta, an Anthropic `thinking_delta`).
+    pub reasoning: bool,
+    /// The event carries answer output other than chat `content` text: a refusal, a tool call,
+    /// completions `text`, a Responses output delta that is not reasoning, an Anthropic
+    /// `text_delta` or `input_json_delta`, non-string `content`.
+    pub answer: bool,
+    /// The non-empty text of a chat delta's `content` (JSON-unescaped; borrowed unless it had
+    /// escapes). Whether it is answer or reasoning depends on `<think>` tags, which the caller
+    /// tracks across events.
+    pub content: Option<Cow<'a, str>>,
     /// The event marks the end of the stream (`[DONE]`, a `finish_reason`, a final Responses event).
     pub end: bool,
     /// The event reports an error.
@@ -180,10 +222,85 @@ impl<'de> Deserialize<'de> for NonEmpty {
     }
 }
 
+/// A delta's `content`: text (kept, for the `<think>` tags), or any other JSON value (only whether it
+/// is non-empty).
+#[derive(Default)]
+enum Content<'a> {
+    #[default]
+    Empty,
+    Text(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Content<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Content<'de>, E> {
+                Ok(if s.is_empty() {
+                    Content::Empty
+                } else {
+                    Content::Text(Cow::Borrowed(s))
+                })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Content<'de>, E> {
+                // Only strings with escapes get here (serde_json borrows the others).
+                Ok(if s.is_empty() {
+                    Content::Empty
+                } else {
+                    Content::Text(Cow::Owned(s.to_owned()))
+                })
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Content<'de>, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Content<'de>, E> {
+                Ok(Content::Empty)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Content<'de>, D::Error> {
+                Content::deserialize(d)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Content<'de>, A::Error> {
+                let any = NonEmpty::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(if any.0 {
+                    Content::Other
+                } else {
+                    Content::Empty
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Content<'de>, A::Error> {
+                let any = NonEmpty::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(if any.0 {
+                    Content::Other
+                } else {
+                    Content::Empty
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Deserialize)]
-struct DeltaView {
-    #[serde(default)]
-    content: NonEmpty,
+struct DeltaView<'a> {
+    #[serde(default, borrow)]
+    content: Content<'a>,
     #[serde(default)]
     reasoning_content: NonEmpty,
     #[serde(default)]
@@ -194,48 +311,50 @@ struct DeltaView {
     tool_calls: NonEmpty,
 }
 
-impl DeltaView {
-    fn has_tokens(&self) -> bool {
-        self.content.0
-            || self.reasoning_content.0
-            || self.reasoning.0
-            || self.refusal.0
-            || self.tool_calls.0
-    }
-}
-
 #[derive(Deserialize)]
-struct ChoiceView {
-    delta: Option<DeltaView>,
+struct ChoiceView<'a> {
+    #[serde(borrow)]
+    delta: Option<DeltaView<'a>>,
     #[serde(default)]
     text: NonEmpty,
     finish_reason: Option<IgnoredAny>,
 }
 
-/// The `choices` array folded into two flags while it is parsed (no Vec of choices is built).
+/// The `choices` array folded into a few flags while it is parsed (no Vec of choices is built).
+/// Only the first choice's `content` text is kept; any other choice's content counts as answer.
 #[derive(Default)]
-struct Choices {
-    token: bool,
+struct Choices<'a> {
+    reasoning: bool,
+    answer: bool,
+    content: Option<Cow<'a, str>>,
     finished: bool,
 }
 
-impl<'de> Deserialize<'de> for Choices {
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Choices;
+            type Value = Choices<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an array of choices")
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Choices, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Choices<'de>, E> {
                 Ok(Choices::default())
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices<'de>, A::Error> {
                 let mut c = Choices::default();
-                while let Some(choice) = seq.next_element::<ChoiceView>()? {
-                    c.token |=
-                        choice.text.0 || choice.delta.as_ref().is_some_and(DeltaView::has_tokens);
+                while let Some(choice) = seq.next_element::<ChoiceView<'de>>()? {
+                    c.answer |= choice.text.0;
                     c.finished |= choice.finish_reason.is_some();
+                    let Some(delta) = choice.delta else { continue };
+                    c.reasoning |= delta.reasoning_content.0 || delta.reasoning.0;
+                    c.answer |= delta.refusal.0 || delta.tool_calls.0;
+                    match delta.content {
+                        Content::Empty => {}
+                        Content::Other => c.answer = true,
+                        Content::Text(t) if c.content.is_none() => c.content = Some(t),
+                        Content::Text(_) => c.answer = true,
+                    }
                 }
                 Ok(c)
             }
@@ -251,8 +370,8 @@ struct ResponseObjectView {
 
 #[derive(Deserialize)]
 struct EventView<'a> {
-    #[serde(default)]
-    choices: Choices,
+    #[serde(default, borrow)]
+    choices: Choices<'a>,
     usage: Option<UsageView>,
     error: Option<IgnoredAny>,
     #[serde(rename = "type", borrow)]
@@ -260,39 +379,195 @@ struct EventView<'a> {
     #[serde(borrow)]
     object: Option<Cow<'a, str>>,
     #[serde(default)]
-    delta: NonEmpty,
+    delta: EventDelta,
     response: Option<ResponseObjectView>,
+    /// Anthropic `message_start`: the message, with the input usage (vLLM's error events have a
+    /// string `message`, which is skipped).
+    #[serde(default)]
+    message: MessageView,
 }
 
-/// Responses API event types whose non-empty `delta` is generated output.
-const TOKEN_EVENT_TYPES: [&str; 5] = [
-    "response.output_text.delta",
-    "response.reasoning_text.delta",
-    "response.reasoning_summary_text.delta",
-    "response.refusal.delta",
-    "response.function_call_arguments.delta",
-];
+/// A top-level `message`: the usage of an object, nothing from any other value.
+#[derive(Default)]
+struct MessageView {
+    usage: Option<UsageView>,
+}
+
+impl<'de> Deserialize<'de> for MessageView {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MessageView;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MessageView, A::Error> {
+                let v =
+                    ResponseObjectView::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(MessageView { usage: v.usage })
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<MessageView, E> {
+                Ok(MessageView::default())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<MessageView, D::Error> {
+                MessageView::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MessageView, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MessageView::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An Anthropic `content_block_delta`'s `delta` object.
+#[derive(Deserialize)]
+struct BlockDeltaView<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    text: NonEmpty,
+    #[serde(default)]
+    thinking: NonEmpty,
+    #[serde(default)]
+    partial_json: NonEmpty,
+}
+
+/// An event's top-level `delta`: a string (Responses API), or an object (Anthropic).
+#[derive(Default)]
+struct EventDelta {
+    /// A non-empty string.
+    text: bool,
+    /// An object carrying answer output (`text_delta`, `input_json_delta`).
+    answer: bool,
+    /// An object carrying reasoning (`thinking_delta`).
+    reasoning: bool,
+}
+
+impl<'de> Deserialize<'de> for EventDelta {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EventDelta;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<EventDelta, E> {
+                Ok(EventDelta {
+                    text: !s.is_empty(),
+                    ..EventDelta::default()
+                })
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<EventDelta, E> {
+                Ok(EventDelta::default())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<EventDelta, D::Error> {
+                EventDelta::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventDelta, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(EventDelta::default())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EventDelta, A::Error> {
+                let v = BlockDeltaView::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(match v.kind.as_deref() {
+                    Some("text_delta") => EventDelta {
+                        answer: v.text.0,
+                        ..EventDelta::default()
+                    },
+                    Some("input_json_delta") => EventDelta {
+                        answer: v.partial_json.0,
+                        ..EventDelta::default()
+                    },
+                    Some("thinking_delta") => EventDelta {
+                        reasoning: v.thinking.0,
+                        ..EventDelta::default()
+                    },
+                    _ => EventDelta::default(),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whether a Responses API event type carries model output in its `delta`: every
+/// `response.<...>.delta` (output text, refusal, reasoning text and summaries, function, custom
+/// tool, MCP and code-interpreter arguments or code, and any later kind), except audio: a
+/// `response.audio.delta` is a base64 slice of sound cut at arbitrary bytes, not a token, and
+/// `response.audio.transcript.delta` is a text rendering of that same audio.
+fn is_output_delta(kind: &str) -> bool {
+    kind.starts_with("response.")
+        && kind.ends_with(".delta")
+        && !kind.starts_with("response.audio.")
+}
 
 /// Reads one SSE event. `event_type` is the SSE `event:` field (empty when absent).
-pub fn parse_event(event_type: &[u8], data: &[u8]) -> Result<EventInfo, serde_json::Error> {
+pub fn parse_event<'a>(
+    event_type: &[u8],
+    data: &'a [u8],
+) -> Result<EventInfo<'a>, serde_json::Error> {
     if data.trim_ascii() == b"[DONE]" {
         return Ok(EventInfo {
             end: true,
             ..EventInfo::default()
         });
     }
-    let v: EventView<'_> = serde_json::from_slice(data)?;
+    let v: EventView<'a> = serde_json::from_slice(data)?;
     let kind = v.kind.as_deref().unwrap_or("");
     let usage = v
         .usage
         .or(v.response.and_then(|r| r.usage))
+        .or(v.message.usage)
         .map(Usage::from);
+    let delta = v.delta.text && is_output_delta(kind);
+    let delta_reasoning = delta && kind.starts_with("response.reasoning");
+    let block = kind == "content_block_delta";
+    let reasoning = v.choices.reasoning || delta_reasoning || (block && v.delta.reasoning);
+    let answer = v.choices.answer || (delta && !delta_reasoning) || (block && v.delta.answer);
     Ok(EventInfo {
-        token: v.choices.token || (v.delta.0 && TOKEN_EVENT_TYPES.contains(&kind)),
+        token: reasoning || answer || v.choices.content.is_some(),
+        reasoning,
+        answer,
+        content: v.choices.content,
         end: v.choices.finished
             || matches!(
                 kind,
-                "response.completed" | "response.incomplete" | "response.failed"
+                "response.completed" | "response.incomplete" | "response.failed" | "message_stop"
             ),
         error: v.error.is_some()
             || matches!(kind, "error" | "response.failed")
@@ -306,7 +581,7 @@ pub fn parse_event(event_type: &[u8], data: &[u8]) -> Result<EventInfo, serde_js
 mod tests {
     use super::*;
 
-    fn ev(data: &str) -> EventInfo {
+    fn ev(data: &str) -> EventInfo<'_> {
         parse_event(b"", data.as_bytes()).unwrap()
     }
 
@@ -358,7 +633,8 @@ mod tests {
                 input: Some(20),
                 output: Some(12),
                 reasoning: Some(5),
-                cached_input: Some(8)
+                cached_input: Some(8),
+                cache_creation_input: None
             })
         );
         assert!(!r.error);
@@ -377,7 +653,8 @@ mod tests {
                 input: Some(9),
                 output: Some(30),
                 reasoning: Some(10),
-                cached_input: Some(0)
+                cached_input: Some(0),
+                cache_creation_input: None
             })
         );
     }
@@ -487,6 +764,200 @@ mod tests {
         );
         assert!(e.end && e.error);
         assert!(ev(r#"{"type":"error","code":"x","message":"y"}"#).error);
+    }
+
+    #[test]
+    fn every_responses_output_delta_is_a_token_event() {
+        for (kind, reasoning) in [
+            ("response.output_text.delta", false),
+            ("response.refusal.delta", false),
+            ("response.function_call_arguments.delta", false),
+            ("response.custom_tool_call_input.delta", false),
+            ("response.mcp_call_arguments.delta", false),
+            ("response.code_interpreter_call_code.delta", false),
+            ("response.reasoning_text.delta", true),
+            ("response.reasoning_summary_text.delta", true),
+            // A kind this filter has never heard of follows the same rule.
+            ("response.some_future_tool_call.delta", false),
+        ] {
+            let data = format!(
+                r#"{{"type":"{kind}","item_id":"i","output_index":0,"delta":"x","sequence_number":3}}"#
+            );
+            let e = ev(&data);
+            assert!(e.token, "{kind}");
+            assert_eq!((e.reasoning, e.answer), (reasoning, !reasoning), "{kind}");
+            assert!(e.content.is_none() && !e.end && !e.error, "{kind}");
+            let empty = format!(r#"{{"type":"{kind}","delta":""}}"#);
+            assert!(!ev(&empty).token, "{kind} with an empty delta");
+        }
+    }
+
+    #[test]
+    fn audio_and_non_delta_responses_events_are_not_token_events() {
+        for data in [
+            r#"{"type":"response.audio.delta","delta":"UklGRiQAAABXQVZF"}"#,
+            r#"{"type":"response.audio.transcript.delta","delta":"Hello"}"#,
+            r#"{"type":"response.output_text.done","text":"Hi"}"#,
+            r#"{"type":"response.function_call_arguments.done","arguments":"{}"}"#,
+            r#"{"type":"response.output_item.added","item":{"type":"message"}}"#,
+            r#"{"type":"response.reasoning_summary_part.added","part":{"type":"summary_text","text":""}}"#,
+            r#"{"type":"response.in_progress","response":{"usage":null}}"#,
+            // `.delta` only counts under `response.`
+            r#"{"type":"conversation.item.delta","delta":"x"}"#,
+        ] {
+            assert!(!ev(data).token, "{data}");
+        }
+    }
+
+    #[test]
+    fn chat_deltas_say_reasoning_answer_or_content_text() {
+        let e = ev(r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#);
+        assert!(e.token && e.reasoning && !e.answer && e.content.is_none());
+        let e = ev(r#"{"choices":[{"delta":{"reasoning":"hmm","content":null}}]}"#);
+        assert!(e.token && e.reasoning && !e.answer && e.content.is_none());
+        let e = ev(r#"{"choices":[{"delta":{"content":"<think>\nOk"}}]}"#);
+        assert!(e.token && !e.reasoning && !e.answer);
+        assert_eq!(e.content.as_deref(), Some("<think>\nOk"));
+        let e = ev(r#"{"choices":[{"delta":{"content":"plain"}}]}"#);
+        assert!(matches!(e.content, Some(Cow::Borrowed("plain"))));
+        for data in [
+            r#"{"choices":[{"delta":{"refusal":"no"}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#,
+            r#"{"choices":[{"text":"Hello"}]}"#,
+            r#"{"choices":[{"delta":{"content":[{"type":"text","text":"hi"}]}}]}"#,
+        ] {
+            let e = ev(data);
+            assert!(
+                e.token && e.answer && !e.reasoning && e.content.is_none(),
+                "{data}"
+            );
+        }
+        // A second choice's text is answer; only the first one's is kept.
+        let e = ev(r#"{"choices":[{"delta":{"content":"a"}},{"delta":{"content":"b"}}]}"#);
+        assert!(e.answer && e.content.as_deref() == Some("a"));
+        for data in [
+            r#"{"choices":[{"delta":{"content":""}}]}"#,
+            r#"{"choices":[{"delta":{"content":[]}}]}"#,
+            r#"{"choices":[{"delta":{"content":{}}}]}"#,
+        ] {
+            assert!(!ev(data).token, "{data}");
+        }
+    }
+
+    #[test]
+    fn anthropic_usage_counts_cached_and_cache_written_input_as_input() {
+        let r = parse_response(
+            br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi"}],
+            "stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":200,
+            "cache_read_input_tokens":1800,"output_tokens":40,"service_tier":"standard"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input: Some(2012),
+                output: Some(40),
+                reasoning: None,
+                cached_input: Some(1800),
+                cache_creation_input: Some(200)
+            })
+        );
+        assert!(!r.error);
+        // OpenAI-shaped usage with the same extra fields (LiteLLM): prompt_tokens already has them.
+        let r = parse_response(
+            br#"{"usage":{"prompt_tokens":50,"completion_tokens":2,"cache_read_input_tokens":30,"cache_creation_input_tokens":0}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.usage.unwrap().input, Some(50));
+        let r = parse_response(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        )
+        .unwrap();
+        assert!(r.error);
+    }
+
+    #[test]
+    fn anthropic_stream_events_are_understood() {
+        let start = ev(
+            r#"{"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+        );
+        assert!(!start.token && !start.end);
+        assert_eq!(start.usage.unwrap().input, Some(125));
+        assert_eq!(start.usage.unwrap().cached_input, Some(100));
+        for (data, reasoning, answer) in [
+            (
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+                false,
+                true,
+            ),
+            (
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me"}}"#,
+                true,
+                false,
+            ),
+            (
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\":"}}"#,
+                false,
+                true,
+            ),
+        ] {
+            let e = ev(data);
+            assert!(e.token, "{data}");
+            assert_eq!((e.reasoning, e.answer), (reasoning, answer), "{data}");
+            assert!(e.content.is_none());
+        }
+        for data in [
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQB"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"ping"}"#,
+        ] {
+            assert!(!ev(data).token, "{data}");
+        }
+        let delta = ev(
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
+        );
+        assert!(!delta.token && !delta.end);
+        assert_eq!(
+            delta.usage,
+            Some(Usage {
+                output: Some(15),
+                ..Usage::default()
+            })
+        );
+        assert!(ev(r#"{"type":"message_stop"}"#).end);
+        let e = parse_event(
+            b"error",
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        )
+        .unwrap();
+        assert!(e.error);
+        // vLLM's legacy error events have a string `message`: still an error, not a parse failure.
+        assert!(ev(r#"{"object":"error","message":"boom","code":500}"#).error);
+    }
+
+    #[test]
+    fn usage_in_parts_keeps_what_a_later_part_does_not_report() {
+        let start = Usage {
+            input: Some(125),
+            output: Some(1),
+            cached_input: Some(100),
+            cache_creation_input: Some(0),
+            ..Usage::default()
+        };
+        let end = Usage {
+            output: Some(15),
+            ..Usage::default()
+        };
+        assert_eq!(
+            start.updated(end),
+            Usage {
+                output: Some(15),
+                ..start
+            }
+        );
     }
 
     #[test]
