@@ -25,8 +25,19 @@ use crate::think::ThinkTags;
 
 const NANOS_PER_MILLI: u64 = 1_000_000;
 
-/// Envoy's response flag "downstream connection terminated" (`DC`), as both hosts report it.
+/// Envoy's response flags (the legacy bit set both hosts report as `response.flags`) this filter
+/// reads: "downstream connection terminated" (`DC`, an HTTP/1 client closed its connection).
 pub const RESPONSE_FLAG_DOWNSTREAM_DISCONNECT: u64 = 0x4000;
+/// "Downstream remote reset" (`DR`): an HTTP/2 or HTTP/3 client reset the stream (RST_STREAM, e.g.
+/// CANCEL), keeping its connection.
+pub const RESPONSE_FLAG_DOWNSTREAM_REMOTE_RESET: u64 = 0x1000_0000;
+/// The client went away, over any protocol.
+pub const RESPONSE_FLAGS_CLIENT_GONE: u64 =
+    RESPONSE_FLAG_DOWNSTREAM_DISCONNECT | RESPONSE_FLAG_DOWNSTREAM_REMOTE_RESET;
+/// Envoy ended the request on a timer: the route timeout (`UT`, 0x4), the stream idle timeout (`SI`,
+/// 0x10000), the upstream's max stream duration (`UMSDR`, 0x80000) or the downstream's (`DT`,
+/// 0x400000).
+pub const RESPONSE_FLAGS_TIMEOUT: u64 = 0x4 | 0x1_0000 | 0x8_0000 | 0x40_0000;
 const NANOS_PER_MICRO: u64 = 1_000;
 
 #[derive(Debug)]
@@ -329,15 +340,27 @@ impl Exchange {
 
     /// Ends the exchange at `now_ns` (from `on_log` or the stream-complete callback).
     /// `response_flags` reads Envoy's response flags (a bit set, see [`RESPONSE_FLAG_DOWNSTREAM_DISCONNECT`]);
-    /// it is asked only when the response did not end, to tell a client abort from an upstream one.
+    /// it is asked only when the response did not end by itself or ended with an error status, to tell
+    /// a client abort from an upstream one and an Envoy timeout from other failures.
     /// A stream whose end marker (`[DONE]`, a `finish_reason`, a final Responses event) already
     /// passed through is `completed` whether or not the HTTP body's end followed.
     pub fn finish(&mut self, now_ns: u64, response_flags: &mut dyn FnMut() -> u64) -> Observation {
-        let outcome = if self.status.is_some_and(|s| s >= 400) || self.error_seen {
+        let failed = self.status.is_some_and(|s| s >= 400) || self.error_seen;
+        // The stream's own end passed through: the client has the whole answer, even when it (or
+        // the upstream) closes before the HTTP body's end.
+        let stream_complete = self.sse && self.stream_end_seen;
+        // Envoy's flags say who ended a request that did not end by itself, and whether Envoy's own
+        // timeout answered an error status (its 504/408): asked only then (one host call).
+        let flags = if !failed && (stream_complete || self.response_ended) {
+            0
+        } else {
+            response_flags()
+        };
+        let outcome = if flags & RESPONSE_FLAGS_TIMEOUT != 0 {
+            Outcome::Timeout
+        } else if failed {
             Outcome::Error
-        } else if self.sse && self.stream_end_seen {
-            // The stream's own end passed through: the client has the whole answer, even when it
-            // (or the upstream) closes before the HTTP body's end.
+        } else if stream_complete {
             Outcome::Completed
         } else if self.response_ended {
             if self.sse {
@@ -345,7 +368,7 @@ impl Exchange {
             } else {
                 Outcome::Completed
             }
-        } else if response_flags() & RESPONSE_FLAG_DOWNSTREAM_DISCONNECT != 0 {
+        } else if flags & RESPONSE_FLAGS_CLIENT_GONE != 0 {
             Outcome::ClientAbort
         } else {
             Outcome::UpstreamAbort

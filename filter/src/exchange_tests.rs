@@ -189,7 +189,7 @@ fn an_error_status_is_an_error_and_its_body_is_not_read() {
     ex.response_headers(Some(503), Some("text/html"), None, false, &config);
     assert!(!ex.wants_response_body());
     ex.response_body(b"<html>upstream down</html>", true, &config, &mut || 0);
-    let obs = ex.finish(MS, &mut || panic!("flags"));
+    let obs = ex.finish(MS, &mut || 0);
     assert_eq!(
         (obs.outcome, obs.status),
         (Outcome::Error, StatusClass::S5xx)
@@ -1228,4 +1228,49 @@ fn per_stream_state_is_small() {
     let decoder = std::mem::size_of::<Decoder>();
     assert!(exchange <= 256, "Exchange is {exchange} bytes");
     assert!(decoder <= 160, "Decoder is {decoder} bytes");
+}
+
+#[test]
+fn envoys_own_timeouts_are_timeouts_not_errors_or_aborts() {
+    let config = Config::default();
+    // The route timeout fired before the upstream answered: Envoy's own 504, flag UT.
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.request_body(br#"{"model":"m","stream":true}"#, true, &config, &mut |_| ModelId(2));
+    ex.response_headers(Some(504), Some("text/plain"), None, false, &config);
+    ex.response_body(b"upstream request timeout", true, &config, &mut || 0);
+    assert_eq!(ex.finish(MS, &mut || 0x4).outcome, Outcome::Timeout);
+    // The same status from the upstream itself (no flag) is an error.
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.request_body(br#"{"model":"m"}"#, true, &config, &mut |_| ModelId(2));
+    ex.response_headers(Some(504), Some("application/json"), None, true, &config);
+    assert_eq!(ex.finish(MS, &mut || 0).outcome, Outcome::Error);
+    // The stream idle timeout cut a stream mid-way (flag SI): a timeout, with the tokens seen.
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.request_body(br#"{"model":"m","stream":true}"#, true, &config, &mut |_| ModelId(2));
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+        false,
+        &config,
+        &mut || MS,
+    );
+    let obs = ex.finish(9 * MS, &mut || 0x1_0000);
+    assert_eq!(obs.outcome, Outcome::Timeout);
+    assert_eq!(obs.token_events, 1);
+}
+
+#[test]
+fn an_http2_client_resetting_its_stream_is_a_client_abort() {
+    let config = Config::default();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.request_body(br#"{"model":"m","stream":true}"#, true, &config, &mut |_| ModelId(2));
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
+    ex.response_body(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+        false,
+        &config,
+        &mut || MS,
+    );
+    // Envoy's flag DR (downstream remote reset): RST_STREAM from an HTTP/2 client.
+    assert_eq!(ex.finish(2 * MS, &mut || 0x1000_0000).outcome, Outcome::ClientAbort);
 }

@@ -88,6 +88,7 @@ pub enum Outcome {
     Error,
     ClientAbort,
     UpstreamAbort,
+    Timeout,
 }
 
 impl Outcome {
@@ -97,6 +98,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::ClientAbort => "client_abort",
             Outcome::UpstreamAbort => "upstream_abort",
+            Outcome::Timeout => "timeout",
         }
     }
 }
@@ -576,6 +578,7 @@ mod tests {
                         Outcome::Error,
                         Outcome::ClientAbort,
                         Outcome::UpstreamAbort,
+                        Outcome::Timeout,
                     ] {
                         v.push(Series::Requests {
                             model,
