@@ -429,6 +429,13 @@ def stat_values(admin, pattern):
 # Output
 
 
+SVG_LABELS = {"nonstream_1KiB": ("non-streaming", "~1 KiB JSON"),
+              "stream_16_paced": ("16 events paced", "1 connection"),
+              "stream_256_paced": ("256 events paced", "1 connection"),
+              "stream_256_paced_32conn": ("256 events paced", "2 ms, 32 connections"),
+              "stream_256_burst": ("256 events", "in one burst")}
+
+
 def write_svg(path, res):
     """Grouped bars: worker CPU per request relative to Envoy alone, per workload, one bar per
     variant (alone = 1.0 drawn too, as the reference)."""
@@ -469,8 +476,10 @@ def write_svg(path, res):
                        f'fill="{colors[var]}"><title>{LABELS[var]}: ×{r:.3f}</title></rect>')
             out.append(f'<text x="{x + (bar_w - 2) / 2:.1f}" y="{y(r) - 3:.1f}" text-anchor="middle" '
                        f'font-size="9">{r:.2f}</text>')
-        lines = WORKLOAD_LABELS[w].split(", ")
-        for k, text in enumerate([", ".join(lines[:1]), ", ".join(lines[1:])]):
+        labels = SVG_LABELS[w]
+        if w == "stream_256_paced_32conn":
+            labels = (labels[0], f"{res.get('gap_32conn_ms', 2.0):g} ms, 32 connections")
+        for k, text in enumerate(labels):
             out.append(f'<text x="{left + (i + 0.5) * group_w:.1f}" y="{ytop + plot_h + 16 + 14 * k}" '
                        f'text-anchor="middle">{text}</text>')
     lx = left
@@ -539,14 +548,14 @@ def main():
               "stream_256_burst": 20 if args.quick else 200}
     wasm = os.path.abspath(args.wasm)
     module_dir = os.path.abspath(args.module_dir)
-    for path, hint in [(ENVOY, "bash envoy/setup.sh"),
-                       (wasm, "cargo build --release --target wasm32-wasip1 -p llm-metrics-filter "
-                              "(or pass --wasm FILE)"),
+    for path, hint in [(ENVOY, "run `bash envoy/setup.sh`"),
+                       (wasm, "run `cargo build --release --target wasm32-wasip1 -p llm-metrics-filter` "
+                              "or pass --wasm FILE"),
                        (os.path.join(module_dir, "libllm_metrics_filter.so"),
-                        "cargo build --release -p llm-metrics-filter --features dynamic-module "
-                        "(or pass --module-dir DIR)")]:
+                        "run `cargo build --release -p llm-metrics-filter --features dynamic-module` "
+                        "or pass --module-dir DIR")]:
         if not os.path.exists(path):
-            raise SystemExit(f"missing {path}: run `{hint}`")
+            raise SystemExit(f"missing {path}: {hint}")
     # Held streams: two sockets each in Envoy and the upstream, one in this client.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 2 * held + 512
@@ -626,12 +635,17 @@ def main():
             before, during, per = held_streams_kib(ports[v][0], procs[v].pid, up_port, held)
             memory[v] = {"idle_kib": before, "open_kib": during, "kib_per_stream": per}
         for v in VARIANTS:
-            memory[v]["kib_per_stream_vs_alone"] = memory[v]["kib_per_stream"] - memory["alone"]["kib_per_stream"]
+            memory[v]["kib_per_stream_vs_alone"] = (memory[v]["kib_per_stream"]
+                                                    - memory["alone"]["kib_per_stream"])
 
-        res = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), "rounds": rounds, "quick": args.quick, "held_streams": held, "counts_per_round": counts,
-               "machine": {"nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                           "loadavg": open("/proc/loadavg").read().split()[:3]},
-               "workloads": {}, "memory": memory, "stats": {v: stat_values(ports[v][1], p) for v, p in checks.items()}}
+        res = {"command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+               "rounds": rounds, "gap_32conn_ms": args.gap_32conn_ms, "quick": args.quick,
+               "held_streams": held, "counts_per_round": counts,
+               "machine": {"nproc": os.cpu_count(),
+                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_start)),
+                           "loadavg_at_end": open("/proc/loadavg").read().split()[:3]},
+               "workloads": {}, "memory": memory,
+               "stats": {v: stat_values(ports[v][1], p) for v, p in checks.items()}}
         for w in WORKLOADS:
             d = {}
             for v in VARIANTS:
@@ -650,7 +664,8 @@ def main():
         res["log_errors"] = {}
         for v in VARIANTS:
             with open(logs[v]) as f:
-                bad = [l.rstrip() for l in f if "[dynamic_modules]" in l or "][error][" in l or "][critical][" in l]
+                bad = [line.rstrip() for line in f
+                       if "[dynamic_modules]" in line or "][error][" in line or "][critical][" in line]
             res["log_errors"][v] = bad
         res["elapsed_s"] = time.time() - t_start
 
@@ -658,8 +673,8 @@ def main():
         for v, lines in res["log_errors"].items():
             if lines:
                 print(f"\n{v}: Envoy logged {len(lines)} error/dynamic_modules line(s), first ones:")
-                for l in lines[:5]:
-                    print("  " + l)
+                for line in lines[:5]:
+                    print("  " + line)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=1)
