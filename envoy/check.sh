@@ -14,7 +14,7 @@
 #     is rejected; the same for envoy/envoy-dynamic-module.yaml with the native module
 #   - the metrics listener of a running Envoy serves GET /stats/prometheus and nothing else
 #   - promtool check config / check rules / test rules; amtool check-config and its routing by severity
-#   - shellcheck on the scripts in envoy/
+#   - shellcheck on every shell script (envoy/*.sh, tests/run.sh, .ci/run)
 #   - Istio manifests against Istio's CRD schemas (validate-istio.mjs), and every target against the
 #     filter's metric names and labels (check-contract.mjs)
 #   - the Grafana dashboard is valid JSON and each of its queries parses in a real Prometheus
@@ -176,7 +176,7 @@ route() { amtool config routes test --config.file=envoy/alertmanager/alertmanage
 check "alertmanager routes severity=critical to llm-oncall-pager" route llm-oncall-pager severity=critical alertname=LLMGatewayErrorRateHigh model=m
 check "alertmanager routes severity=warning to llm-team" route llm-team severity=warning alertname=LLMEngineKVCacheNearlyFull model_name=m
 
-check "shellcheck envoy/*.sh" shellcheck envoy/setup.sh envoy/render.sh envoy/check.sh
+check "shellcheck on every script (envoy/*.sh, tests/run.sh, .ci/run)" shellcheck envoy/*.sh tests/run.sh .ci/run
 
 # --- Istio ----------------------------------------------------------------------------------------------------
 check "Istio manifests valid against Istio's CRD schemas" node envoy/validate-istio.mjs envoy/istio/*.yaml
