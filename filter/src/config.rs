@@ -127,7 +127,10 @@ impl Config {
             let path = e.path().to_string();
             let inner = e.into_inner();
             ConfigError {
-                field: unknown_field_name(&inner.to_string()).unwrap_or(path),
+                field: match unknown_field_name(&inner.to_string()) {
+                    Some(name) if path == "." => name,
+                    _ => path,
+                },
                 message: inner.to_string(),
             }
         })?;
@@ -139,7 +142,8 @@ impl Config {
     }
 }
 
-/// serde reports an unknown field at the parent path; the field's own name is more useful.
+/// The name of an unknown field, for when the path says only `.` (the path itself already ends in
+/// the name, also inside `label_headers[i]`).
 fn unknown_field_name(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let end = rest.find('`')?;
@@ -554,5 +558,169 @@ mod tests {
         assert_eq!(c.api_for_path("/v1/messages/count_tokens"), None);
         assert_eq!(c.api_for_path("/v1/models"), None);
         assert_eq!(c.api_for_path("/v1/chat/completions/"), None);
+    }
+
+    fn label_error(json: &str) -> ConfigError {
+        Config::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn label_headers_are_accepted_with_defaults() {
+        let c = Config::parse(
+            br#"{"label_headers":[{"header":"x-tenant","label":"tenant"},
+                {"header":"x-team","label":"team","values":["a","b","a"]},
+                {"header":"authorization","label":"api_key","hash":true,"max_values":100}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.label_headers,
+            vec![
+                LabelHeader {
+                    header: "x-tenant".to_owned(),
+                    label: "tenant".to_owned(),
+                    values: vec![],
+                    max_values: 32,
+                    hash: false,
+                },
+                LabelHeader {
+                    header: "x-team".to_owned(),
+                    label: "team".to_owned(),
+                    values: vec!["a".to_owned(), "b".to_owned()],
+                    max_values: 32,
+                    hash: false,
+                },
+                LabelHeader {
+                    header: "authorization".to_owned(),
+                    label: "api_key".to_owned(),
+                    values: vec![],
+                    max_values: 100,
+                    hash: true,
+                },
+            ]
+        );
+        assert!(Config::default().label_headers.is_empty());
+        assert_eq!(
+            Config::parse(br#"{"label_headers":[]}"#).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_label_that_already_exists_is_rejected_by_field_and_value() {
+        let e = label_error(r#"{"label_headers":[{"header":"x-m","label":"model"}]}"#);
+        assert_eq!(
+            e.to_string(),
+            r#"field `label_headers[0].label`: "model" is already a label"#
+        );
+        for taken in ["kind", "api", "le", "quantile"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"{taken}"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].label", "{taken}");
+            assert!(e.message.contains(taken), "{e}");
+        }
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"tenant"},{"header":"x-b","label":"tenant"}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[1].label");
+        assert!(e.message.contains("label_headers[0]"), "{e}");
+    }
+
+    #[test]
+    fn label_names_must_be_prometheus_names_that_tag_regexes_keep_apart() {
+        for bad in ["Tenant", "1tenant", "ten-ant", "", "__tenant", "té"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"{bad}"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].label", "{bad:?}");
+        }
+        // `type` is the end of `token_type`, `user_kind` ends with `kind`: one label's regex would
+        // cut the other's segment out of the stat name.
+        for clash in ["type", "user_kind", "class", "e"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"{clash}"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].label", "{clash}");
+            assert!(e.message.contains("ends with"), "{e}");
+        }
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"team"},{"header":"x-b","label":"sub_team"}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[1].label");
+        assert!(e.message.contains("\"team\""), "{e}");
+        for ok in ["tenant", "_t", "team2", "user_id"] {
+            let c = Config::parse(
+                format!(r#"{{"label_headers":[{{"header":"x-a","label":"{ok}"}}]}}"#).as_bytes(),
+            );
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn label_headers_must_be_lowercase_names() {
+        for bad in ["X-Tenant", "", "x tenant", ":", "x-ténant"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"{bad}","label":"tenant"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].header", "{bad:?}");
+            assert!(e.message.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(
+            Config::parse(br#"{"label_headers":[{"header":":authority","label":"host"}]}"#).is_ok()
+        );
+    }
+
+    #[test]
+    fn label_header_bounds_and_values_are_checked() {
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"t","values":["a"],"max_values":3}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[0].max_values");
+        assert!(e.message.contains("exclusive"), "{e}");
+        for n in ["0", "1025"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"t","max_values":{n}}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].max_values");
+            assert!(e.message.contains(n), "{e}");
+        }
+        for bad in [
+            r#"[]"#,
+            r#"["a b"]"#,
+            r#"[""]"#,
+            r#"["none"]"#,
+            r#"["other"]"#,
+        ] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"t","values":{bad}}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].values", "{bad}");
+        }
+        // Hashed labels allow hashes, not raw values.
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"t","hash":true,"values":["sk-secret"]}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[0].values");
+        assert!(
+            Config::parse(
+                br#"{"label_headers":[{"header":"x-a","label":"t","hash":true,"values":["af63dc4c8601"]}]}"#
+            )
+            .is_ok()
+        );
+        let five = r#"{"header":"x-a","label":"a"},{"header":"x-b","label":"b"},{"header":"x-c","label":"c"},{"header":"x-d","label":"d"},{"header":"x-f","label":"f"}"#;
+        let e = label_error(&format!(r#"{{"label_headers":[{five}]}}"#));
+        assert_eq!(e.field, "label_headers");
+        assert!(e.message.contains('5'), "{e}");
+    }
+
+    #[test]
+    fn label_header_entries_are_strict() {
+        let e = label_error(r#"{"label_headers":[{"header":"x-a","label":"t","hsah":true}]}"#);
+        assert_eq!(e.field, "label_headers[0].hsah");
+        let e = label_error(r#"{"label_headers":[{"label":"t"}]}"#);
+        assert_eq!(e.field, "label_headers[0]");
+        assert!(e.message.contains("header"), "{e}");
+        let e = label_error(r#"{"label_headers":[{"header":"x-a","label":"t","hash":"yes"}]}"#);
+        assert_eq!(e.field, "label_headers[0].hash");
     }
 }

@@ -1292,3 +1292,22 @@ fn an_http2_client_resetting_its_stream_is_a_client_abort() {
         Outcome::ClientAbort
     );
 }
+
+#[test]
+fn extra_label_ids_set_at_the_request_headers_reach_the_observation() {
+    let config = Config::default();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    assert_eq!(ex.labels(), LabelIds::default());
+    ex.set_labels(LabelIds([5, 1, 0, 0]));
+    ex.request_body(br#"{"model":"m"}"#, true, &config, &mut |_| ModelId(2));
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"usage":{"prompt_tokens":3}}"#,
+        true,
+        &config,
+        &mut || 0,
+    );
+    let obs = ex.finish(MS, &mut || 0);
+    assert_eq!(obs.labels, LabelIds([5, 1, 0, 0]));
+    assert_eq!(ex.labels(), LabelIds([5, 1, 0, 0]));
+}

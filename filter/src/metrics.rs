@@ -792,4 +792,99 @@ mod tests {
             vec![ErrorKind::RequestParse, ErrorKind::EncodedBody]
         );
     }
+
+    #[test]
+    fn extra_labels_follow_the_static_ones_on_every_model_series() {
+        let s = Series::Requests {
+            model: ModelId(9),
+            api: Api::ChatCompletions,
+            streaming: true,
+            status: StatusClass::S2xx,
+            outcome: Outcome::Completed,
+        };
+        assert_eq!(
+            s.stat_name_with("m", &["tenant", "team"], &["acme", "none"]),
+            "model=.=m;.;api=.=chat_completions;.;streaming=.=true;.;status_class=.=2xx;.;outcome=.=completed;.;tenant=.=acme;.;team=.=none;.;llm_requests_total"
+        );
+        assert_eq!(
+            Series::ActiveRequests {
+                model: ModelId(2),
+                api: Api::Messages
+            }
+            .stat_name_with("m", &["tenant"], &["acme"]),
+            "model=.=m;.;api=.=messages;.;tenant=.=acme;.;llm_active_requests"
+        );
+        for s in all_series() {
+            let names: Vec<&str> = s.metric().label_names_with(&["tenant"]).collect();
+            let values = s.label_values_with("m", &["acme"]);
+            assert_eq!(names.len(), values.as_slice().len(), "{s:?}");
+            if s.model().is_some() {
+                assert_eq!(names.last(), Some(&"tenant"), "{s:?}");
+                assert_eq!(values.as_slice().last(), Some(&"acme"), "{s:?}");
+                assert!(s
+                    .stat_name_with("m", &["tenant"], &["acme"])
+                    .contains(";.;tenant=.=acme;.;llm_"));
+            }
+            // Without extra labels, names are byte-identical to the plain ones.
+            assert_eq!(s.stat_name_with("m", &[], &[]), s.stat_name("m"));
+            assert_eq!(s.label_values_with("m", &[]), s.label_values("m"));
+        }
+    }
+
+    #[test]
+    fn filter_errors_take_no_extra_labels() {
+        let s = Series::FilterErrors {
+            kind: ErrorKind::EncodedBody,
+        };
+        assert!(!Metric::FilterErrors.takes_extra_labels());
+        assert_eq!(
+            s.stat_name_with("m", &["tenant"], &["acme"]),
+            "kind=.=encoded_body;.;llm_filter_errors_total"
+        );
+        assert_eq!(
+            Metric::FilterErrors
+                .label_names_with(&["tenant"])
+                .collect::<Vec<_>>(),
+            ["kind"]
+        );
+        assert_eq!(
+            s.key_with(LabelIds([3, 4, 0, 0])),
+            s.key_with(LabelIds::default())
+        );
+        for m in Metric::ALL {
+            assert_eq!(
+                m.takes_extra_labels(),
+                m.label_names().contains(&"model"),
+                "{m:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_with_extra_label_ids_are_unique_per_stat_name() {
+        let ids = [
+            LabelIds::default(),
+            LabelIds([1, 0, 0, 0]),
+            LabelIds([0, 1, 0, 0]),
+            LabelIds([2, 3, 0, 0]),
+            LabelIds([3, 2, 0, 0]),
+        ];
+        let tenants = ["none", "other", "acme", "globex"];
+        let value = |id: u16| tenants.get(usize::from(id)).copied().unwrap_or("x");
+        let mut keys = HashSet::new();
+        let mut names = HashSet::new();
+        let mut pairs = 0;
+        for s in all_series() {
+            for l in ids {
+                let name =
+                    s.stat_name_with("m", &["tenant", "team"], &[value(l.0[0]), value(l.0[1])]);
+                let fresh_name = names.insert(name.clone());
+                let fresh_key = keys.insert(s.key_with(l));
+                assert_eq!(fresh_key, fresh_name, "{name}");
+                pairs += usize::from(fresh_name);
+            }
+        }
+        let errors = ErrorKind::ALL.len();
+        assert_eq!(pairs, (all_series().len() - errors) * ids.len() + errors);
+    }
 }

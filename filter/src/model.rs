@@ -482,4 +482,206 @@ mod tests {
         assert_eq!(list_contains(&l, "Qwen"), (false, 2));
         assert_eq!(list_contains(b"", "a"), (false, 0));
     }
+
+    fn entry(label: &str, values: &[&str], max_values: usize, hash: bool) -> LabelHeader {
+        LabelHeader {
+            header: format!("x-{label}"),
+            label: label.to_owned(),
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+            max_values,
+            hash,
+        }
+    }
+
+    /// Resolves one request whose headers are `headers` (name, value).
+    fn request(
+        labels: &mut HeaderLabels,
+        headers: &[(&str, &[u8])],
+        reg: &mut MemoryRegistry,
+    ) -> Vec<String> {
+        let mut read = Vec::new();
+        let ids = labels.resolve(
+            |name| {
+                read.push(name.to_owned());
+                headers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_vec())
+            },
+            reg,
+        );
+        let names: Vec<String> = labels.headers().map(str::to_owned).collect();
+        assert_eq!(read, names, "each configured header is read once, in order");
+        labels
+            .values(ids)
+            .as_slice()
+            .iter()
+            .map(|v| (*v).to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn header_labels_allowlist_other_and_none() {
+        let mut labels = HeaderLabels::new(&[entry("tenant", &["acme", "globex"], 32, false)]);
+        let mut reg = MemoryRegistry::default();
+        assert_eq!(labels.names().as_slice(), ["tenant"]);
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"acme")], &mut reg),
+            ["acme"]
+        );
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"initech")], &mut reg),
+            ["other"]
+        );
+        assert_eq!(request(&mut labels, &[], &mut reg), ["none"]);
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"")], &mut reg),
+            ["none"]
+        );
+        assert_eq!(reg.calls, 0, "an allowlist never asks the registry");
+        assert_eq!(labels.registry_keys().count(), 0);
+    }
+
+    #[test]
+    fn header_values_are_sanitised_like_model_names() {
+        let mut labels = HeaderLabels::new(&[entry("tenant", &[], 32, false)]);
+        let mut reg = MemoryRegistry::default();
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"acme corp;.;x=.=y")], &mut reg),
+            ["acme_corp_._x_._y"]
+        );
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"caf\xc3\xa9\xff")], &mut reg),
+            ["caf__"]
+        );
+        let long = [b'a'; 100];
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", &long)], &mut reg),
+            ["a".repeat(64)]
+        );
+        // `unknown` is an ordinary value here; `none` and `other` are the reserved ones.
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"unknown")], &mut reg),
+            ["unknown"]
+        );
+    }
+
+    #[test]
+    fn the_label_cap_is_process_wide_and_separate_from_the_model_cap() {
+        let config = [entry("tenant", &[], 2, false), entry("team", &[], 1, false)];
+        let mut reg = MemoryRegistry::default();
+        // Two workers (VMs) share one registry, as proxy-wasm shared data.
+        let mut vm1 = HeaderLabels::new(&config);
+        let mut vm2 = HeaderLabels::new(&config);
+        let mut models = ModelLabels::new(&[], 1);
+        models.resolve(Some("m"), &mut reg);
+        assert_eq!(
+            request(
+                &mut vm1,
+                &[("x-tenant", b"a"), ("x-team", b"red")],
+                &mut reg
+            ),
+            ["a", "red"]
+        );
+        assert_eq!(
+            request(
+                &mut vm2,
+                &[("x-tenant", b"b"), ("x-team", b"blue")],
+                &mut reg
+            ),
+            ["b", "other"]
+        );
+        assert_eq!(
+            request(
+                &mut vm1,
+                &[("x-tenant", b"c"), ("x-team", b"red")],
+                &mut reg
+            ),
+            ["other", "red"]
+        );
+        // vm1 never saw `b`, but the process admitted it.
+        assert_eq!(
+            request(&mut vm1, &[("x-tenant", b"b")], &mut reg),
+            ["b", "none"]
+        );
+        assert_eq!(
+            reg.lists.get(MODELS_KEY).map(Vec::as_slice),
+            Some(&b"m"[..])
+        );
+        assert_eq!(
+            reg.lists
+                .get("llm-metrics-filter.labels.tenant.v1")
+                .map(Vec::as_slice),
+            Some(&b"a\nb"[..])
+        );
+        assert_eq!(
+            reg.lists
+                .get("llm-metrics-filter.labels.team.v1")
+                .map(Vec::as_slice),
+            Some(&b"red"[..])
+        );
+        assert_eq!(
+            vm1.registry_keys().collect::<Vec<_>>(),
+            [
+                "llm-metrics-filter.labels.tenant.v1",
+                "llm-metrics-filter.labels.team.v1"
+            ]
+        );
+    }
+
+    #[test]
+    fn hashing_is_fnv1a_stable_and_never_the_raw_value() {
+        // FNV-1a 64 reference values: "a" = af63dc4c8601ec8c, "foobar" = 85944171f73967e8.
+        assert_eq!(hash_label(b"a"), "af63dc4c8601");
+        assert_eq!(hash_label(b"foobar"), "85944171f739");
+        assert_eq!(hash_label(b"").len(), HASH_LABEL_HEX_DIGITS);
+        let mut labels = HeaderLabels::new(&[entry("api_key", &[], 2, true)]);
+        let mut reg = MemoryRegistry::default();
+        let secret = b"Bearer sk-live-0123456789abcdef";
+        let first = request(&mut labels, &[("x-api_key", secret)], &mut reg);
+        assert_eq!(first, [hash_label(secret)]);
+        assert!(!first[0].contains("sk-live"), "{first:?}");
+        // Stable across requests and workers.
+        let mut other_vm = HeaderLabels::new(&[entry("api_key", &[], 2, true)]);
+        assert_eq!(
+            request(&mut other_vm, &[("x-api_key", secret)], &mut reg),
+            first
+        );
+        // The bound applies to hashes, and the registry holds only hashes.
+        request(&mut labels, &[("x-api_key", b"key-2")], &mut reg);
+        assert_eq!(
+            request(&mut labels, &[("x-api_key", b"key-3")], &mut reg),
+            ["other"]
+        );
+        assert_eq!(request(&mut labels, &[], &mut reg), ["none"]);
+        let list = reg
+            .lists
+            .get("llm-metrics-filter.labels.api_key.v1")
+            .cloned()
+            .unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&list).contains("sk-live"));
+        // An allowlist of hashes.
+        let allowed = hash_label(b"key-2");
+        let mut labels = HeaderLabels::new(&[entry("api_key", &[&allowed], 32, true)]);
+        assert_eq!(
+            request(&mut labels, &[("x-api_key", b"key-2")], &mut reg),
+            [allowed.as_str()]
+        );
+        assert_eq!(
+            request(&mut labels, &[("x-api_key", secret)], &mut reg),
+            ["other"]
+        );
+    }
+
+    #[test]
+    fn no_header_labels_read_nothing() {
+        let mut labels = HeaderLabels::new(&[]);
+        let mut reg = MemoryRegistry::default();
+        assert!(labels.is_empty());
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"a")], &mut reg),
+            Vec::<String>::new()
+        );
+        assert!(labels.names().as_slice().is_empty());
+    }
 }
