@@ -24,7 +24,11 @@ if (!existsSync(join(modules, "yaml", "package.json"))) {
 }
 const YAML = createRequire(join(modules, "package.json"))("yaml");
 
-// Label names in the order the filter writes them (contract: "Label names").
+// Label names in the order the filter writes them (contract: "Label names"): the static labels
+// (`LABEL_NAMES` in filter/src/metrics.rs). Labels an operator adds with the filter's `label_headers`
+// (README "Per-tenant labels", e.g. `tenant`) are not shipped enabled; where a deployment file adds
+// their tags, they must come after these, follow the same regex convention, and be the same extra
+// labels in every file.
 const LABELS = ["model", "api", "streaming", "status_class", "outcome", "token_type", "source", "kind"];
 // The engine's vLLM-compatible metrics the alerts and dashboard may use.
 const ENGINE_METRICS = [
@@ -64,13 +68,28 @@ check("filter/src/metrics.rs defines the llm_* metric names", () => {
 const histograms = () => metricNames.filter((n) => /_(ms|us)$/.test(n));
 
 const envoyYaml = loadYaml("envoy/envoy.yaml")[0];
-const wantTags = LABELS.map((l) => ({ tag_name: l, regex: `(${l}=\\.=(.*?);\\.;)` }));
+const tagOf = (l) => ({ tag_name: l, regex: `(${l}=\\.=(.*?);\\.;)` });
+// The extra (label_headers) tag names of a stats_tags list whose first entries are the static labels'.
+function extraTags(what, tags) {
+  const list = tags || [];
+  expectEqual(what, list.slice(0, LABELS.length), LABELS.map(tagOf));
+  const extra = list.slice(LABELS.length);
+  for (const t of extra) {
+    if (LABELS.includes(t.tag_name) || !same(t, tagOf(t.tag_name))) {
+      throw new Error(`${what}: extra tag ${JSON.stringify(t)} is not a new label with the convention's regex`);
+    }
+  }
+  return extra.map((t) => t.tag_name);
+}
+let extraLabels = [];
+const wantTags = () => [...LABELS, ...extraLabels].map(tagOf);
 const bucketsOf = (settings) =>
   Object.fromEntries((settings || []).map((s) => [s.match?.suffix ?? JSON.stringify(s.match), s.buckets]));
 const envoyBuckets = bucketsOf(envoyYaml.stats_config?.histogram_bucket_settings);
 
-check("envoy.yaml stats_tags: one per label with the Istio-convention regex", () =>
-  expectEqual("stats_tags", envoyYaml.stats_config?.stats_tags, wantTags));
+check("envoy.yaml stats_tags: one per label with the Istio-convention regex", () => {
+  extraLabels = extraTags("stats_tags", envoyYaml.stats_config?.stats_tags);
+});
 check("envoy.yaml histogram_bucket_settings: one suffix match per histogram, ascending buckets", () => {
   expectEqual("histograms", Object.keys(envoyBuckets).sort(), histograms().sort());
   for (const [name, b] of Object.entries(envoyBuckets)) {
@@ -81,7 +100,7 @@ check("envoy.yaml histogram_bucket_settings: one suffix match per histogram, asc
 const egDocs = loadYaml("envoy/envoy-gateway/envoyproxy.yaml");
 const egBootstrap = YAML.parse(egDocs.find((d) => d.kind === "EnvoyProxy").spec.bootstrap.value);
 check("Envoy Gateway bootstrap merge: same stats_tags and buckets as envoy.yaml", () => {
-  expectEqual("stats_tags", egBootstrap.stats_config?.stats_tags, wantTags);
+  expectEqual("stats_tags", egBootstrap.stats_config?.stats_tags, wantTags());
   expectEqual("buckets", bucketsOf(egBootstrap.stats_config?.histogram_bucket_settings), envoyBuckets);
 });
 // The native build: its own bucket matchers (dynamic-module stat names), the same buckets.
@@ -122,7 +141,8 @@ const istioPatch = filterDoc.spec.configPatches.find((p) => p.applyTo === "BOOTS
 check("Istio EnvoyFilter bootstrap patch: same buckets as envoy.yaml", () =>
   expectEqual("buckets", bucketsOf(istioPatch.stats_config?.histogram_bucket_settings), envoyBuckets));
 const mesh = loadYaml("envoy/istio/mesh-config.yaml")[0].spec.meshConfig.defaultConfig;
-check("Istio extraStatTags: the contract's labels", () => expectEqual("extraStatTags", mesh.extraStatTags, LABELS));
+check("Istio extraStatTags: the contract's labels", () =>
+  expectEqual("extraStatTags", mesh.extraStatTags, [...LABELS, ...extraLabels]));
 check("Istio proxyStatsMatcher: includes every llm_* metric by suffix", () =>
   expectEqual("inclusionSuffixes", [...mesh.proxyStatsMatcher.inclusionSuffixes].sort(), [...metricNames].sort()));
 const plugin = loadYaml("envoy/istio/wasmplugin.yaml")[0];

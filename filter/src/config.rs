@@ -9,11 +9,20 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::metrics::Api;
-use crate::model::sanitize_model;
+use crate::metrics::{Api, LABEL_NAMES, MAX_EXTRA_LABELS};
+use crate::model::{sanitize_model, HASH_LABEL_HEX_DIGITS};
 
 /// Largest accepted `max_models`: Envoy never frees a stat, so the label space must stay small.
 pub const MAX_MODELS_LIMIT: usize = 1024;
+/// Largest accepted `label_headers[].max_values` and longest `label_headers[].values`.
+pub const MAX_LABEL_VALUES_LIMIT: usize = 1024;
+/// Default `label_headers[].max_values`.
+pub const DEFAULT_MAX_LABEL_VALUES: usize = 32;
+/// Longest accepted `label_headers[].label`.
+pub const MAX_LABEL_NAME_BYTES: usize = 64;
+/// Label values a `label_headers` entry reserves: a missing header, and a value beyond the bound.
+pub const RESERVED_LABEL_VALUES: [&str; 2] = ["none", "other"];
+
 /// Largest accepted byte bound for any of the `max_*_bytes` fields (64 MiB).
 pub const MAX_BYTES_LIMIT: usize = 64 << 20;
 
@@ -29,6 +38,24 @@ pub struct Config {
     /// Path suffixes and their API kind, longest suffix first (so `/chat/completions` wins over
     /// `/completions`).
     pub paths: Vec<(String, Api)>,
+    /// Extra labels read from request headers (`label_headers`), in configuration order.
+    pub label_headers: Vec<LabelHeader>,
+}
+
+/// One `label_headers` entry: a request header whose value becomes the label `label` on every
+/// series that has a `model` label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelHeader {
+    /// The request header, lowercase.
+    pub header: String,
+    /// The label name (`[a-z_][a-z0-9_]*`, not a label the filter already has).
+    pub label: String,
+    /// Allowed label values (for `hash`: allowed hashes). Empty: the first `max_values` distinct
+    /// values seen by the process are kept.
+    pub values: Vec<String>,
+    pub max_values: usize,
+    /// Label a hash of the value instead of the value (see [`crate::model::hash_label`]).
+    pub hash: bool,
 }
 
 impl Default for Config {
@@ -46,6 +73,7 @@ impl Default for Config {
                 ("/responses".to_owned(), Api::Responses),
                 ("/messages".to_owned(), Api::Messages),
             ]),
+            label_headers: Vec::new(),
         }
     }
 }
@@ -74,6 +102,18 @@ struct RawConfig {
     max_response_body_bytes: Option<usize>,
     max_event_bytes: Option<usize>,
     paths: Option<BTreeMap<String, String>>,
+    label_headers: Option<Vec<RawLabelHeader>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabelHeader {
+    header: String,
+    label: String,
+    values: Option<Vec<String>>,
+    max_values: Option<usize>,
+    #[serde(default)]
+    hash: bool,
 }
 
 impl Config {
@@ -87,7 +127,10 @@ impl Config {
             let path = e.path().to_string();
             let inner = e.into_inner();
             ConfigError {
-                field: unknown_field_name(&inner.to_string()).unwrap_or(path),
+                field: match unknown_field_name(&inner.to_string()) {
+                    Some(name) if path == "." => name,
+                    _ => path,
+                },
                 message: inner.to_string(),
             }
         })?;
@@ -99,7 +142,8 @@ impl Config {
     }
 }
 
-/// serde reports an unknown field at the parent path; the field's own name is more useful.
+/// The name of an unknown field, for when the path says only `.` (the path itself already ends in
+/// the name, also inside `label_headers[i]`).
 fn unknown_field_name(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
     let end = rest.find('`')?;
@@ -182,6 +226,7 @@ impl TryFrom<RawConfig> for Config {
                 sorted_paths(paths)
             }
         };
+        let label_headers = label_headers(raw.label_headers.unwrap_or_default())?;
         Ok(Config {
             models,
             max_models: bounded("max_models", raw.max_models, d.max_models, MAX_MODELS_LIMIT)?,
@@ -204,8 +249,187 @@ impl TryFrom<RawConfig> for Config {
                 MAX_BYTES_LIMIT,
             )?,
             paths,
+            label_headers,
         })
     }
+}
+
+fn config_error(field: String, message: String) -> ConfigError {
+    ConfigError { field, message }
+}
+
+/// Whether a header name is acceptable: non-empty, lowercase, visible ASCII without separators
+/// (a leading `:` allows pseudo-headers such as `:authority`).
+fn valid_header(name: &str) -> bool {
+    let rest = name.strip_prefix(':').unwrap_or(name);
+    !rest.is_empty()
+        && rest.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// Whether a label name matches `[a-z_][a-z0-9_]*` (and is not too long).
+fn valid_label(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= MAX_LABEL_NAME_BYTES
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A label name that one of `label` and it ends with the other (e.g. `kind` and `user_kind`, or
+/// `type` and `token_type`): the tag regex `(N=\.=(.*?);\.;)` of the shorter would also match
+/// inside the longer's segment, and Envoy would cut the wrong label out of the stat name.
+fn tag_regex_clash<'a>(label: &str, others: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    others
+        .into_iter()
+        .find(|o| *o != label && (label.ends_with(*o) || o.ends_with(label)))
+}
+
+fn label_headers(raw: Vec<RawLabelHeader>) -> Result<Vec<LabelHeader>, ConfigError> {
+    if raw.len() > MAX_EXTRA_LABELS {
+        return Err(config_error(
+            "label_headers".to_owned(),
+            format!("{} entries; at most {MAX_EXTRA_LABELS}", raw.len()),
+        ));
+    }
+    let mut out: Vec<LabelHeader> = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("label_headers[{i}].{name}");
+        let RawLabelHeader {
+            header,
+            label,
+            values,
+            max_values,
+            hash,
+        } = entry;
+        if !valid_header(&header) {
+            return Err(config_error(
+                field("header"),
+                format!("{header:?} is not a lowercase header name"),
+            ));
+        }
+        if !valid_label(&label) {
+            return Err(config_error(
+                field("label"),
+                format!(
+                    "{label:?} is not a label name ([a-z_][a-z0-9_]*, at most {MAX_LABEL_NAME_BYTES} bytes)"
+                ),
+            ));
+        }
+        if LABEL_NAMES.contains(&label.as_str()) || matches!(label.as_str(), "le" | "quantile") {
+            return Err(config_error(
+                field("label"),
+                format!("{label:?} is already a label"),
+            ));
+        }
+        if label.starts_with("__") {
+            return Err(config_error(
+                field("label"),
+                format!("{label:?}: names starting with `__` are reserved by Prometheus"),
+            ));
+        }
+        if let Some(j) = out.iter().position(|o| o.label == label) {
+            return Err(config_error(
+                field("label"),
+                format!("{label:?} is already the label of label_headers[{j}]"),
+            ));
+        }
+        let earlier = out.iter().map(|o| o.label.as_str());
+        if let Some(other) = tag_regex_clash(&label, LABEL_NAMES.iter().copied().chain(earlier)) {
+            return Err(config_error(
+                field("label"),
+                format!(
+                    "{label:?} and the label {other:?}: one ends with the other, so the stats_tags regex of the shorter would also match the longer"
+                ),
+            ));
+        }
+        if values.is_some() && max_values.is_some() {
+            return Err(config_error(
+                field("max_values"),
+                "`values` and `max_values` are exclusive: an allowlist is its own bound".to_owned(),
+            ));
+        }
+        let max_values = bounded(
+            &field("max_values"),
+            max_values,
+            DEFAULT_MAX_LABEL_VALUES,
+            MAX_LABEL_VALUES_LIMIT,
+        )?;
+        let mut allowed: Vec<String> = Vec::new();
+        if let Some(values) = values {
+            if values.is_empty() {
+                return Err(config_error(
+                    field("values"),
+                    "must list at least one value (leave it out to keep the first `max_values`)"
+                        .to_owned(),
+                ));
+            }
+            for value in values {
+                let ok = if hash {
+                    value.len() == HASH_LABEL_HEX_DIGITS
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                } else {
+                    !value.is_empty() && sanitize_model(&value).as_ref() == value
+                };
+                if !ok {
+                    let want = if hash {
+                        format!("{HASH_LABEL_HEX_DIGITS} lowercase hex digits, a hashed value")
+                    } else {
+                        "1-64 bytes of A-Z a-z 0-9 . _ / : @ + -".to_owned()
+                    };
+                    return Err(config_error(
+                        field("values"),
+                        format!("{value:?} is not a valid label value ({want})"),
+                    ));
+                }
+                if RESERVED_LABEL_VALUES.contains(&value.as_str()) {
+                    return Err(config_error(
+                        field("values"),
+                        format!("{value:?} is reserved (missing header, value beyond the bound)"),
+                    ));
+                }
+                if !allowed.contains(&value) {
+                    allowed.push(value);
+                }
+            }
+            if allowed.len() > MAX_LABEL_VALUES_LIMIT {
+                return Err(config_error(
+                    field("values"),
+                    format!("{} values; at most {MAX_LABEL_VALUES_LIMIT}", allowed.len()),
+                ));
+            }
+        }
+        out.push(LabelHeader {
+            header,
+            label,
+            values: allowed,
+            max_values,
+            hash,
+        });
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -334,5 +558,169 @@ mod tests {
         assert_eq!(c.api_for_path("/v1/messages/count_tokens"), None);
         assert_eq!(c.api_for_path("/v1/models"), None);
         assert_eq!(c.api_for_path("/v1/chat/completions/"), None);
+    }
+
+    fn label_error(json: &str) -> ConfigError {
+        Config::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn label_headers_are_accepted_with_defaults() {
+        let c = Config::parse(
+            br#"{"label_headers":[{"header":"x-tenant","label":"tenant"},
+                {"header":"x-team","label":"team","values":["a","b","a"]},
+                {"header":"authorization","label":"api_key","hash":true,"max_values":100}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.label_headers,
+            vec![
+                LabelHeader {
+                    header: "x-tenant".to_owned(),
+                    label: "tenant".to_owned(),
+                    values: vec![],
+                    max_values: 32,
+                    hash: false,
+                },
+                LabelHeader {
+                    header: "x-team".to_owned(),
+                    label: "team".to_owned(),
+                    values: vec!["a".to_owned(), "b".to_owned()],
+                    max_values: 32,
+                    hash: false,
+                },
+                LabelHeader {
+                    header: "authorization".to_owned(),
+                    label: "api_key".to_owned(),
+                    values: vec![],
+                    max_values: 100,
+                    hash: true,
+                },
+            ]
+        );
+        assert!(Config::default().label_headers.is_empty());
+        assert_eq!(
+            Config::parse(br#"{"label_headers":[]}"#).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_label_that_already_exists_is_rejected_by_field_and_value() {
+        let e = label_error(r#"{"label_headers":[{"header":"x-m","label":"model"}]}"#);
+        assert_eq!(
+            e.to_string(),
+            r#"field `label_headers[0].label`: "model" is already a label"#
+        );
+        for taken in ["kind", "api", "le", "quantile"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"{taken}"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].label", "{taken}");
+            assert!(e.message.contains(taken), "{e}");
+        }
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"tenant"},{"header":"x-b","label":"tenant"}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[1].label");
+        assert!(e.message.contains("label_headers[0]"), "{e}");
+    }
+
+    #[test]
+    fn label_names_must_be_prometheus_names_that_tag_regexes_keep_apart() {
+        for bad in ["Tenant", "1tenant", "ten-ant", "", "__tenant", "té"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"{bad}"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].label", "{bad:?}");
+        }
+        // `type` is the end of `token_type`, `user_kind` ends with `kind`: one label's regex would
+        // cut the other's segment out of the stat name.
+        for clash in ["type", "user_kind", "class", "e"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"{clash}"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].label", "{clash}");
+            assert!(e.message.contains("ends with"), "{e}");
+        }
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"team"},{"header":"x-b","label":"sub_team"}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[1].label");
+        assert!(e.message.contains("\"team\""), "{e}");
+        for ok in ["tenant", "_t", "team2", "user_id"] {
+            let c = Config::parse(
+                format!(r#"{{"label_headers":[{{"header":"x-a","label":"{ok}"}}]}}"#).as_bytes(),
+            );
+            assert!(c.is_ok(), "{ok}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn label_headers_must_be_lowercase_names() {
+        for bad in ["X-Tenant", "", "x tenant", ":", "x-ténant"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"{bad}","label":"tenant"}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].header", "{bad:?}");
+            assert!(e.message.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(
+            Config::parse(br#"{"label_headers":[{"header":":authority","label":"host"}]}"#).is_ok()
+        );
+    }
+
+    #[test]
+    fn label_header_bounds_and_values_are_checked() {
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"t","values":["a"],"max_values":3}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[0].max_values");
+        assert!(e.message.contains("exclusive"), "{e}");
+        for n in ["0", "1025"] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"t","max_values":{n}}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].max_values");
+            assert!(e.message.contains(n), "{e}");
+        }
+        for bad in [
+            r#"[]"#,
+            r#"["a b"]"#,
+            r#"[""]"#,
+            r#"["none"]"#,
+            r#"["other"]"#,
+        ] {
+            let e = label_error(&format!(
+                r#"{{"label_headers":[{{"header":"x-a","label":"t","values":{bad}}}]}}"#
+            ));
+            assert_eq!(e.field, "label_headers[0].values", "{bad}");
+        }
+        // Hashed labels allow hashes, not raw values.
+        let e = label_error(
+            r#"{"label_headers":[{"header":"x-a","label":"t","hash":true,"values":["sk-secret"]}]}"#,
+        );
+        assert_eq!(e.field, "label_headers[0].values");
+        assert!(
+            Config::parse(
+                br#"{"label_headers":[{"header":"x-a","label":"t","hash":true,"values":["af63dc4c8601"]}]}"#
+            )
+            .is_ok()
+        );
+        let five = r#"{"header":"x-a","label":"a"},{"header":"x-b","label":"b"},{"header":"x-c","label":"c"},{"header":"x-d","label":"d"},{"header":"x-f","label":"f"}"#;
+        let e = label_error(&format!(r#"{{"label_headers":[{five}]}}"#));
+        assert_eq!(e.field, "label_headers");
+        assert!(e.message.contains('5'), "{e}");
+    }
+
+    #[test]
+    fn label_header_entries_are_strict() {
+        let e = label_error(r#"{"label_headers":[{"header":"x-a","label":"t","hsah":true}]}"#);
+        assert_eq!(e.field, "label_headers[0].hsah");
+        let e = label_error(r#"{"label_headers":[{"label":"t"}]}"#);
+        assert_eq!(e.field, "label_headers[0]");
+        assert!(e.message.contains("header"), "{e}");
+        let e = label_error(r#"{"label_headers":[{"header":"x-a","label":"t","hash":"yes"}]}"#);
+        assert_eq!(e.field, "label_headers[0].hash");
     }
 }

@@ -16,22 +16,26 @@
 //!   passes label values: Envoy tags them natively, no `stats_tags` needed. With the runtime flag
 //!   `envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix` they come out of
 //!   `/stats/prometheus` under exactly the wasm build's names (see `envoy/envoy-dynamic-module.yaml`).
-//! - The process-wide model cap lives in this library's memory ([`PROCESS_MODELS`]), shared by every
-//!   worker thread and every filter configuration, as proxy-wasm shared data is for the wasm build.
+//! - The process-wide model cap (and each extra label's cap) lives in this library's memory
+//!   ([`PROCESS_LISTS`]), shared by every worker thread and every filter configuration, as
+//!   proxy-wasm shared data is for the wasm build.
+//! - Extra labels (`label_headers`) are part of each metric's definition (its label names), so
+//!   they need no `stats_tags` either.
 //! - The clock is the process's monotonic clock: no host call.
 //! - End-of-stream accounting runs in the stream-complete hook (in 1.40 `destroy` comes after the
 //!   stream is gone).
 //! - Nothing may unwind into Envoy: every hook runs behind [`guard`]; a panic (there should be none:
 //!   the crate denies unwrap/expect/panic/indexing) drops that stream's observation and nothing else.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::config::Config;
 use crate::exchange::Exchange;
-use crate::metrics::{Metric, MetricType, Op, Series, MAX_LABELS};
-use crate::model::{list_append, list_contains, Admission, ModelId, ModelLabels, Registry};
+use crate::metrics::{LabelIds, Metric, MetricType, Op, Series, MAX_ALL_LABELS, MAX_EXTRA_LABELS};
+use crate::model::{admit_to_list, Admission, HeaderLabels, ModelId, ModelLabels, Registry};
 
 /// The Envoy 1.40 dynamic-module ABI: the few types, hooks and callbacks this shell uses, declared
 /// from the v1.40.0 header. C enums are `int`-sized; statuses are plain integers here so that a value
@@ -210,27 +214,23 @@ fn now_ns() -> u64 {
     u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The process-wide set of admitted model names, in the same `\n`-separated format the wasm build
-/// keeps in proxy-wasm shared data (see [`crate::model`]). Every worker and every filter
-/// configuration in the process shares it, so `max_models` bounds the whole process as in the wasm
-/// build.
-static PROCESS_MODELS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The process-wide sets of admitted label values by registry key (the model names, and each extra
+/// label's values), in the same `\n`-separated format the wasm build keeps in proxy-wasm shared data
+/// (see [`crate::model`]). Every worker and every filter configuration in the process shares them,
+/// so `max_models` and `max_values` bound the whole process as in the wasm build.
+static PROCESS_LISTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
 
 struct ProcessRegistry;
 
 impl Registry for ProcessRegistry {
-    fn admit(&mut self, name: &str, max: usize) -> Admission {
-        let Ok(mut list) = PROCESS_MODELS.lock() else {
+    fn admit(&mut self, key: &str, name: &str, max: usize) -> Admission {
+        let Ok(mut lists) = PROCESS_LISTS.lock() else {
             return Admission::Unavailable;
         };
-        match list_contains(&list, name) {
-            (true, _) => Admission::Admitted,
-            (false, n) if n >= max => Admission::Full,
-            (false, _) => {
-                *list = list_append(&list, name);
-                Admission::Admitted
-            }
+        if let Some(list) = lists.get_mut(key) {
+            return admit_to_list(list, name, max);
         }
+        admit_to_list(lists.entry(key.to_owned()).or_default(), name, max)
     }
 }
 
@@ -238,17 +238,26 @@ impl Registry for ProcessRegistry {
 struct FilterConfig {
     config: Config,
     labels: Mutex<ModelLabels>,
+    /// The extra labels (`label_headers`); `None` when there are none (no lock per request).
+    extra: Option<Mutex<HeaderLabels>>,
     /// Envoy's metric id per [`Metric`], in [`Metric::ALL`] order.
     metric_ids: [usize; Metric::ALL.len()],
 }
 
 impl FilterConfig {
     fn new(envoy: abi::FilterConfigEnvoyPtr, config: Config) -> Result<FilterConfig, String> {
+        let extra = HeaderLabels::new(&config.label_headers);
+        let extra_names = extra.names();
         let mut metric_ids = [0usize; Metric::ALL.len()];
         for (slot, metric) in metric_ids.iter_mut().zip(Metric::ALL) {
-            let mut names = [ModuleBuffer::EMPTY; MAX_LABELS];
-            for (b, n) in names.iter_mut().zip(metric.label_names()) {
+            let mut names = [ModuleBuffer::EMPTY; MAX_ALL_LABELS];
+            let mut count = 0;
+            for (b, n) in names
+                .iter_mut()
+                .zip(metric.label_names_with(extra_names.as_slice()))
+            {
                 *b = ModuleBuffer::of(n);
+                count += 1;
             }
             let define = match metric.metric_type() {
                 MetricType::Counter => {
@@ -268,7 +277,7 @@ impl FilterConfig {
                     envoy,
                     ModuleBuffer::of(metric.name()),
                     names.as_ptr(),
-                    metric.label_names().len(),
+                    count,
                     slot,
                 )
             };
@@ -281,6 +290,7 @@ impl FilterConfig {
         }
         Ok(FilterConfig {
             labels: Mutex::new(ModelLabels::new(&config.models, config.max_models)),
+            extra: (!extra.is_empty()).then(|| Mutex::new(extra)),
             config,
             metric_ids,
         })
@@ -304,6 +314,27 @@ impl FilterConfig {
             Err(_) => (ModelId::OTHER, Arc::from("other")),
         }
     }
+
+    /// The extra label ids of a request (one header read per configured entry).
+    fn resolve_labels(&self, envoy: FilterEnvoyPtr) -> LabelIds {
+        match self.extra.as_ref().map(Mutex::lock) {
+            Some(Ok(mut extra)) => extra.resolve(
+                |name| header(envoy, abi::REQUEST_HEADER, name),
+                &mut ProcessRegistry,
+            ),
+            Some(Err(_)) | None => LabelIds::default(),
+        }
+    }
+
+    /// The label values of an exchange's extra label ids (empty without `label_headers`).
+    fn label_values(&self, ids: LabelIds) -> [Option<Arc<str>>; MAX_EXTRA_LABELS] {
+        match self.extra.as_ref().map(Mutex::lock) {
+            Some(Ok(extra)) => extra.shared_values(ids),
+            // A panic while the lock was held (there should be none) leaves the names intact.
+            Some(Err(poisoned)) => poisoned.into_inner().shared_values(ids),
+            None => Default::default(),
+        }
+    }
 }
 
 /// One HTTP stream. `exchange` is `None` for requests the filter does not watch.
@@ -321,11 +352,27 @@ impl Filter {
         unsafe { &*self.config }
     }
 
-    fn apply(&self, envoy: FilterEnvoyPtr, series: Series, op: Op) {
+    /// One stat update; `extra` holds the exchange's extra label values ([`FilterConfig::label_values`]).
+    fn apply(
+        &self,
+        envoy: FilterEnvoyPtr,
+        series: Series,
+        extra: &[Option<Arc<str>>; MAX_EXTRA_LABELS],
+        op: Op,
+    ) {
         let config = self.config();
         let model = self.model.as_deref().unwrap_or("unknown");
-        let values = series.label_values(model);
-        let mut buffers = [ModuleBuffer::EMPTY; MAX_LABELS];
+        let mut extra_values = [""; MAX_EXTRA_LABELS];
+        let mut count = 0;
+        for (slot, v) in extra_values
+            .iter_mut()
+            .zip(extra.iter().map_while(Option::as_deref))
+        {
+            *slot = v;
+            count += 1;
+        }
+        let values = series.label_values_with(model, extra_values.get(..count).unwrap_or(&[]));
+        let mut buffers = [ModuleBuffer::EMPTY; MAX_ALL_LABELS];
         for (b, v) in buffers.iter_mut().zip(values.as_slice()) {
             *b = ModuleBuffer::of(v);
         }
@@ -387,7 +434,8 @@ impl Filter {
                 model: ex.model(),
                 api: ex.api(),
             };
-            self.apply(envoy, series, Op::GaugeAdd(1));
+            let extra = config.label_values(ex.labels());
+            self.apply(envoy, series, &extra, Op::GaugeAdd(1));
         }
     }
 }
@@ -587,7 +635,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         if header(envoy, abi::REQUEST_HEADER, ":method") != Some(b"POST") {
             return;
         }
-        f.exchange = Some(Exchange::new(api, now_ns()));
+        let mut ex = Exchange::new(api, now_ns());
+        ex.set_labels(f.config().resolve_labels(envoy));
+        f.exchange = Some(ex);
         if end_of_stream {
             f.request_chunk(envoy, &[], true);
         }
@@ -727,7 +777,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
                 0
             }
         });
-        observation.for_each_op(&mut |series, op| f.apply(envoy, series, op));
+        let extra = f.config().label_values(observation.labels);
+        observation.for_each_op(&mut |series, op| f.apply(envoy, series, &extra, op));
     });
 }
 

@@ -6,7 +6,7 @@
 //! calls exactly once per stream, also when the client or the upstream went away and no
 //! `end_of_stream` ever arrived. `finish` returns the [`Observation`]; nothing here touches the host.
 //!
-//! Memory per exchange: this struct (about 210 bytes, of which 8 hold the longest inter-token gap,
+//! Memory per exchange: this struct (about 220 bytes, of which 8 hold the extra label ids, 8 the longest inter-token gap,
 //! 32 the first reasoning and first answer chunk times, and 2 the `<think>` tag matcher) plus, while
 //! they are being read, the request body (at most `max_request_body_bytes`, freed once parsed), a
 //! non-streaming response body (at most `max_response_body_bytes`, freed once parsed) or the SSE
@@ -16,7 +16,7 @@
 
 use crate::config::Config;
 use crate::metrics::{
-    Api, ErrorKind, ErrorSet, Op, Outcome, Series, Source, StatusClass, TokenType,
+    Api, ErrorKind, ErrorSet, LabelIds, Op, Outcome, Series, Source, StatusClass, TokenType,
 };
 use crate::model::ModelId;
 use crate::openai::{self, Usage};
@@ -68,6 +68,8 @@ pub struct Exchange {
     start_ns: u64,
     request: RequestBody,
     model: ModelId,
+    /// The extra label ids (`label_headers`), set by the shell at the request headers.
+    labels: LabelIds,
     stream_requested: Option<bool>,
     status: Option<u16>,
     sse: bool,
@@ -95,6 +97,8 @@ pub struct Exchange {
 pub struct Observation {
     pub api: Api,
     pub model: ModelId,
+    /// The extra label ids (`label_headers`) of every series with a `model` label.
+    pub labels: LabelIds,
     pub streaming: bool,
     pub status: StatusClass,
     pub outcome: Outcome,
@@ -143,6 +147,7 @@ impl Exchange {
             start_ns: now_ns,
             request: RequestBody::Reading(Vec::new()),
             model: ModelId::UNKNOWN,
+            labels: LabelIds::default(),
             stream_requested: None,
             status: None,
             sse: false,
@@ -175,6 +180,16 @@ impl Exchange {
     /// The API kind of this exchange.
     pub fn api(&self) -> Api {
         self.api
+    }
+
+    /// Sets the extra label ids (resolved by the shell from the request headers).
+    pub fn set_labels(&mut self, labels: LabelIds) {
+        self.labels = labels;
+    }
+
+    /// The extra label ids of this exchange.
+    pub fn labels(&self) -> LabelIds {
+        self.labels
     }
 
     /// The model label chosen for this exchange.
@@ -410,6 +425,7 @@ impl Exchange {
         Observation {
             api: self.api,
             model: self.model,
+            labels: self.labels,
             streaming: self.stream_requested.unwrap_or(self.sse),
             status: StatusClass::from_status(self.status),
             outcome,

@@ -1235,7 +1235,12 @@ fn envoys_own_timeouts_are_timeouts_not_errors_or_aborts() {
     let config = Config::default();
     // The route timeout fired before the upstream answered: Envoy's own 504, flag UT.
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
-    ex.request_body(br#"{"model":"m","stream":true}"#, true, &config, &mut |_| ModelId(2));
+    ex.request_body(
+        br#"{"model":"m","stream":true}"#,
+        true,
+        &config,
+        &mut |_| ModelId(2),
+    );
     ex.response_headers(Some(504), Some("text/plain"), None, false, &config);
     ex.response_body(b"upstream request timeout", true, &config, &mut || 0);
     assert_eq!(ex.finish(MS, &mut || 0x4).outcome, Outcome::Timeout);
@@ -1246,7 +1251,12 @@ fn envoys_own_timeouts_are_timeouts_not_errors_or_aborts() {
     assert_eq!(ex.finish(MS, &mut || 0).outcome, Outcome::Error);
     // The stream idle timeout cut a stream mid-way (flag SI): a timeout, with the tokens seen.
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
-    ex.request_body(br#"{"model":"m","stream":true}"#, true, &config, &mut |_| ModelId(2));
+    ex.request_body(
+        br#"{"model":"m","stream":true}"#,
+        true,
+        &config,
+        &mut |_| ModelId(2),
+    );
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
     ex.response_body(
         b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
@@ -1263,7 +1273,12 @@ fn envoys_own_timeouts_are_timeouts_not_errors_or_aborts() {
 fn an_http2_client_resetting_its_stream_is_a_client_abort() {
     let config = Config::default();
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
-    ex.request_body(br#"{"model":"m","stream":true}"#, true, &config, &mut |_| ModelId(2));
+    ex.request_body(
+        br#"{"model":"m","stream":true}"#,
+        true,
+        &config,
+        &mut |_| ModelId(2),
+    );
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
     ex.response_body(
         b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
@@ -1272,5 +1287,27 @@ fn an_http2_client_resetting_its_stream_is_a_client_abort() {
         &mut || MS,
     );
     // Envoy's flag DR (downstream remote reset): RST_STREAM from an HTTP/2 client.
-    assert_eq!(ex.finish(2 * MS, &mut || 0x1000_0000).outcome, Outcome::ClientAbort);
+    assert_eq!(
+        ex.finish(2 * MS, &mut || 0x1000_0000).outcome,
+        Outcome::ClientAbort
+    );
+}
+
+#[test]
+fn extra_label_ids_set_at_the_request_headers_reach_the_observation() {
+    let config = Config::default();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    assert_eq!(ex.labels(), LabelIds::default());
+    ex.set_labels(LabelIds([5, 1, 0, 0]));
+    ex.request_body(br#"{"model":"m"}"#, true, &config, &mut |_| ModelId(2));
+    ex.response_headers(Some(200), Some("application/json"), None, false, &config);
+    ex.response_body(
+        br#"{"usage":{"prompt_tokens":3}}"#,
+        true,
+        &config,
+        &mut || 0,
+    );
+    let obs = ex.finish(MS, &mut || 0);
+    assert_eq!(obs.labels, LabelIds([5, 1, 0, 0]));
+    assert_eq!(ex.labels(), LabelIds([5, 1, 0, 0]));
 }

@@ -10,7 +10,8 @@
 //! on other paths cost one header read; the clock is read at the request headers, once per SSE chunk
 //! that carries tokens, and in `on_log`; metric ids are cached per series; the shared model registry
 //! is read once per new model name per worker; `response.flags` is read only when the response did not
-//! end.
+//! end. Configured `label_headers` cost one header read each per watched request, and their shared
+//! sets are read once per new value per worker, as for the model.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,8 +22,10 @@ use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
 use crate::exchange::Exchange;
-use crate::metrics::{MetricType, Op, Series};
-use crate::model::{list_append, list_contains, Admission, ModelId, ModelLabels, Registry};
+use crate::metrics::{LabelIds, MetricType, Op, Series};
+use crate::model::{
+    list_append, list_contains, Admission, HeaderLabels, ModelId, ModelLabels, Registry, MODELS_KEY,
+};
 
 proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
@@ -93,8 +96,6 @@ const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
 const MAP_HTTP_RESPONSE_HEADERS: u32 = 2;
 
-/// The shared-data key of the process-wide set of admitted model names.
-const MODELS_KEY: &str = "llm-metrics-filter.models.v1";
 /// Attempts at the compare-and-set that admits a model name before giving up for this request.
 const CAS_ATTEMPTS: usize = 16;
 
@@ -198,13 +199,13 @@ fn set_shared(key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
     }
 }
 
-/// The process-wide model registry in shared data (see [`crate::model`]).
+/// The process-wide label registries in shared data, one key per label (see [`crate::model`]).
 struct SharedRegistry;
 
 impl Registry for SharedRegistry {
-    fn admit(&mut self, name: &str, max: usize) -> Admission {
+    fn admit(&mut self, key: &str, name: &str, max: usize) -> Admission {
         for _ in 0..CAS_ATTEMPTS {
-            let Ok((list, cas)) = get_shared(MODELS_KEY) else {
+            let Ok((list, cas)) = get_shared(key) else {
                 return Admission::Unavailable;
             };
             match list_contains(&list, name) {
@@ -212,7 +213,7 @@ impl Registry for SharedRegistry {
                 (false, n) if n >= max => return Admission::Full,
                 (false, _) => {}
             }
-            match set_shared(MODELS_KEY, &list_append(&list, name), cas) {
+            match set_shared(key, &list_append(&list, name), cas) {
                 // A first write (cas 0) is unconditional in Envoy: check it was not lost to a racing
                 // first write from another worker before trusting it.
                 Ok(()) if cas != 0 => return Admission::Admitted,
@@ -225,14 +226,14 @@ impl Registry for SharedRegistry {
     }
 }
 
-/// Creates the (empty) shared model list if no worker has yet. Envoy's first write of a key ignores
-/// compare-and-set, so two workers admitting their first models at once could each overwrite the
-/// other's entry; with the key created here, at start-up, every later write is a real CAS. Racing
-/// creators all write the same empty value, which is harmless.
-fn create_model_registry() {
-    if let Ok((list, 0)) = get_shared(MODELS_KEY) {
+/// Creates an (empty) shared label list (the model list, or an extra label's) if no worker has yet.
+/// Envoy's first write of a key ignores compare-and-set, so two workers admitting their first values
+/// at once could each overwrite the other's entry; with the key created here, at start-up, every
+/// later write is a real CAS. Racing creators all write the same empty value, which is harmless.
+fn create_registry(key: &str) {
+    if let Ok((list, 0)) = get_shared(key) {
         if list.is_empty() {
-            let _ = set_shared(MODELS_KEY, b"", 0);
+            let _ = set_shared(key, b"", 0);
         }
     }
 }
@@ -241,10 +242,25 @@ fn create_model_registry() {
 struct Vm {
     config: Config,
     models: RefCell<ModelLabels>,
-    metric_ids: RefCell<HashMap<u64, u32>>,
+    /// The extra labels (`label_headers`).
+    extra: RefCell<HeaderLabels>,
+    /// Metric ids by series key and extra label ids ([`Series::key_with`]).
+    metric_ids: RefCell<HashMap<(u64, LabelIds), u32>>,
 }
 
 impl Vm {
+    /// The extra label ids of a request (one header read per configured entry).
+    fn resolve_labels(&self) -> LabelIds {
+        match self.extra.try_borrow_mut() {
+            Ok(mut extra) if !extra.is_empty() => extra.resolve(
+                |name| get_header(MAP_HTTP_REQUEST_HEADERS, name),
+                &mut SharedRegistry,
+            ),
+            // No extra labels; or (never: contexts run one at a time) a re-entrant call: `none`.
+            _ => LabelIds::default(),
+        }
+    }
+
     fn resolve_model(&self, raw: Option<&str>) -> ModelId {
         match self.models.try_borrow_mut() {
             Ok(mut models) => models.resolve(raw, &mut SharedRegistry),
@@ -252,14 +268,19 @@ impl Vm {
         }
     }
 
-    fn metric_id(&self, series: &Series) -> Option<u32> {
-        let key = series.key();
+    fn metric_id(&self, series: &Series, labels: LabelIds) -> Option<u32> {
+        let key = series.key_with(labels);
         if let Some(id) = self.metric_ids.try_borrow().ok()?.get(&key) {
             return Some(*id);
         }
         let name = {
             let models = self.models.try_borrow().ok()?;
-            series.stat_name(models.name(series.model().unwrap_or(ModelId::UNKNOWN)))
+            let extra = self.extra.try_borrow().ok()?;
+            series.stat_name_with(
+                models.name(series.model().unwrap_or(ModelId::UNKNOWN)),
+                extra.names().as_slice(),
+                extra.values(labels).as_slice(),
+            )
         };
         let kind = match series.metric_type() {
             MetricType::Counter => 0,
@@ -277,8 +298,8 @@ impl Vm {
         Some(id)
     }
 
-    fn apply(&self, series: Series, op: Op) {
-        let Some(id) = self.metric_id(&series) else {
+    fn apply(&self, series: Series, labels: LabelIds, op: Op) {
+        let Some(id) = self.metric_id(&series, labels) else {
             return;
         };
         // Statuses are ignored on purpose: a stat that cannot be updated must not affect traffic.
@@ -316,12 +337,17 @@ impl RootContext for Root {
         match Config::parse(&bytes) {
             Ok(config) => {
                 if config.models.is_empty() {
-                    create_model_registry();
+                    create_registry(MODELS_KEY);
                 }
                 let models = ModelLabels::new(&config.models, config.max_models);
+                let extra = HeaderLabels::new(&config.label_headers);
+                for key in extra.registry_keys() {
+                    create_registry(key);
+                }
                 self.vm = Some(Rc::new(Vm {
                     config,
                     models: RefCell::new(models),
+                    extra: RefCell::new(extra),
                     metric_ids: RefCell::new(HashMap::new()),
                 }));
                 log(LogLevel::Info, "llm-metrics-filter: configured");
@@ -366,6 +392,7 @@ impl Filter {
                     model: ex.model(),
                     api: ex.api(),
                 },
+                ex.labels(),
                 Op::GaugeAdd(1),
             );
         }
@@ -387,7 +414,9 @@ impl HttpContext for Filter {
         if get_header(MAP_HTTP_REQUEST_HEADERS, ":method").as_deref() != Some(b"POST") {
             return Action::Continue;
         }
-        self.exchange = Some(Exchange::new(api, now_ns()));
+        let mut ex = Exchange::new(api, now_ns());
+        ex.set_labels(vm.resolve_labels());
+        self.exchange = Some(ex);
         if end_of_stream {
             self.request_chunk(&[], true);
         }
@@ -462,6 +491,6 @@ impl HttpContext for Filter {
         let observation = ex.finish(now_ns(), &mut || {
             get_u64_property(&["response", "flags"]).unwrap_or(0)
         });
-        observation.for_each_op(&mut |series, op| vm.apply(series, op));
+        observation.for_each_op(&mut |series, op| vm.apply(series, observation.labels, op));
     }
 }

@@ -16,7 +16,7 @@
 //! - [`think`]: raw `<think>…</think>` tags in chat content (reasoning vs answer), split-safe.
 //! - [`exchange`]: one request/response as a state machine fed bytes and clock values → [`exchange::Observation`].
 //! - [`metrics`]: the public metrics contract (names, labels, tag encoding) and observation → stat ops.
-//! - [`model`]: the bounded `model` label (sanitising, allowlist, process-wide cap).
+//! - [`model`]: the bounded `model` label and `label_headers` labels (sanitising, allowlist, process-wide cap, hashing).
 //! - [`config`]: the strict JSON plugin configuration.
 //! - `host` (wasm32 only): the shell that talks to Envoy through the proxy-wasm ABI.
 //! - `dynamic_module` (native, feature `dynamic-module`): the shell that talks to Envoy as a dynamic

@@ -6,6 +6,11 @@
 //! strip them out again and turn them into Prometheus labels. The test host applies the same regexes
 //! from the same file, so the two cannot drift apart unnoticed.
 //!
+//! Extra labels (`label_headers` in the configuration, e.g. `tenant`) follow the static labels of
+//! every metric that has a `model` label, in configuration order; their values are per-exchange ids
+//! ([`LabelIds`]) that the shell's [`crate::model::HeaderLabels`] turns back into strings. With none
+//! configured every name and series is exactly what it is without the feature.
+//!
 //! Series are identified by a packed `u64` key so the host shell can cache metric ids without building a
 //! name string per request: the name is formatted only the first time a series is seen.
 
@@ -295,15 +300,45 @@ impl Metric {
             Metric::FilterErrors => &["kind"],
         }
     }
+
+    /// Whether the configured extra labels (`label_headers`) apply: every metric with a `model`
+    /// label, that is all but `llm_filter_errors_total`.
+    pub const fn takes_extra_labels(self) -> bool {
+        !matches!(self, Metric::FilterErrors)
+    }
+
+    /// The full label names of this metric with the configured extra label names: the static ones
+    /// ([`Metric::label_names`]) then, if the metric takes them, `extra` in order.
+    pub fn label_names_with<'a>(self, extra: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
+        let extra: &[&str] = if self.takes_extra_labels() {
+            extra
+        } else {
+            &[]
+        };
+        self.label_names()
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+    }
 }
 
-/// Most labels any metric has.
+/// Most static labels any metric has.
 pub const MAX_LABELS: usize = 5;
+/// Most extra labels (`label_headers` entries).
+pub const MAX_EXTRA_LABELS: usize = 4;
+/// Most labels any series has, extra labels included.
+pub const MAX_ALL_LABELS: usize = MAX_LABELS + MAX_EXTRA_LABELS;
+
+/// The extra label ids of one exchange, one per `label_headers` entry in configuration order
+/// (VM-local, like [`ModelId`]: 0 is `none`, 1 `other`); unused slots stay 0. Fixed size, so an
+/// exchange's memory does not grow with the header values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelIds(pub [u16; MAX_EXTRA_LABELS]);
 
 /// The label values of one series (see [`Series::label_values`]); no allocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LabelValues<'a> {
-    values: [&'a str; MAX_LABELS],
+    values: [&'a str; MAX_ALL_LABELS],
     len: usize,
 }
 
@@ -313,6 +348,13 @@ impl<'a> LabelValues<'a> {
             *slot = v;
         }
         self.len = N.min(MAX_LABELS);
+    }
+
+    fn push(&mut self, value: &'a str) {
+        if let Some(slot) = self.values.get_mut(self.len) {
+            *slot = value;
+            self.len += 1;
+        }
     }
 
     pub fn as_slice(&self) -> &[&'a str] {
@@ -381,8 +423,8 @@ pub const MAX_INTER_TOKEN_GAP_MS: &str = "llm_max_inter_token_gap_ms";
 pub const TIME_TO_FIRST_ANSWER_TOKEN_MS: &str = "llm_time_to_first_answer_token_ms";
 pub const REASONING_DURATION_MS: &str = "llm_reasoning_duration_ms";
 
-/// Every label name, in the order labels appear in stat names. `envoy/envoy.yaml` has one
-/// `stats_tags` entry per name.
+/// Every static label name, in the order labels appear in stat names. `envoy/envoy.yaml` has one
+/// `stats_tags` entry per name (configured extra labels need one more each, added by the operator).
 pub const LABEL_NAMES: [&str; 8] = [
     "model",
     "api",
@@ -457,6 +499,18 @@ impl Series {
         metric | labels << 4 | u64::from(model.0) << 32
     }
 
+    /// The key of this series with the exchange's extra label ids, for a cache of metric ids: unique
+    /// per stat name. `labels` is dropped (zeroed) for a metric that takes no extra labels, so
+    /// `llm_filter_errors_total` stays one series per kind.
+    pub fn key_with(&self, labels: LabelIds) -> (u64, LabelIds) {
+        let labels = if self.metric().takes_extra_labels() {
+            labels
+        } else {
+            LabelIds::default()
+        };
+        (self.key(), labels)
+    }
+
     /// The metric this series belongs to.
     pub const fn metric(&self) -> Metric {
         match self {
@@ -512,13 +566,38 @@ impl Series {
         v
     }
 
+    /// The label values with the extra labels' values (in the order of
+    /// [`Metric::label_names_with`]): `extra` is appended when the metric takes extra labels.
+    pub fn label_values_with<'a>(&self, model_name: &'a str, extra: &[&'a str]) -> LabelValues<'a> {
+        let mut v = self.label_values(model_name);
+        if self.metric().takes_extra_labels() {
+            for value in extra {
+                v.push(value);
+            }
+        }
+        v
+    }
+
     /// The full Envoy stat name of the proxy-wasm build, labels first
     /// (`model=.=X;.;api=.=Y;.;llm_requests_total`). `model_name` is the label value of this series'
     /// model id.
     pub fn stat_name(&self, model_name: &str) -> String {
+        self.stat_name_with(model_name, &[], &[])
+    }
+
+    /// [`Series::stat_name`] with extra labels: `extra_names` and their `extra_values`
+    /// (`…;.;outcome=.=completed;.;tenant=.=acme;.;llm_requests_total`); ignored for a metric that
+    /// takes none.
+    pub fn stat_name_with(
+        &self,
+        model_name: &str,
+        extra_names: &[&str],
+        extra_values: &[&str],
+    ) -> String {
         let mut out = String::with_capacity(160);
-        let values = self.label_values(model_name);
-        for (name, value) in self.metric().label_names().iter().zip(values.as_slice()) {
+        let values = self.label_values_with(model_name, extra_values);
+        let names = self.metric().label_names_with(extra_names);
+        for (name, value) in names.zip(values.as_slice()) {
             // Writing to a String cannot fail.
             let _ = write!(out, "{name}=.={value};.;");
         }
@@ -712,5 +791,100 @@ mod tests {
             e.iter().collect::<Vec<_>>(),
             vec![ErrorKind::RequestParse, ErrorKind::EncodedBody]
         );
+    }
+
+    #[test]
+    fn extra_labels_follow_the_static_ones_on_every_model_series() {
+        let s = Series::Requests {
+            model: ModelId(9),
+            api: Api::ChatCompletions,
+            streaming: true,
+            status: StatusClass::S2xx,
+            outcome: Outcome::Completed,
+        };
+        assert_eq!(
+            s.stat_name_with("m", &["tenant", "team"], &["acme", "none"]),
+            "model=.=m;.;api=.=chat_completions;.;streaming=.=true;.;status_class=.=2xx;.;outcome=.=completed;.;tenant=.=acme;.;team=.=none;.;llm_requests_total"
+        );
+        assert_eq!(
+            Series::ActiveRequests {
+                model: ModelId(2),
+                api: Api::Messages
+            }
+            .stat_name_with("m", &["tenant"], &["acme"]),
+            "model=.=m;.;api=.=messages;.;tenant=.=acme;.;llm_active_requests"
+        );
+        for s in all_series() {
+            let names: Vec<&str> = s.metric().label_names_with(&["tenant"]).collect();
+            let values = s.label_values_with("m", &["acme"]);
+            assert_eq!(names.len(), values.as_slice().len(), "{s:?}");
+            if s.model().is_some() {
+                assert_eq!(names.last(), Some(&"tenant"), "{s:?}");
+                assert_eq!(values.as_slice().last(), Some(&"acme"), "{s:?}");
+                assert!(s
+                    .stat_name_with("m", &["tenant"], &["acme"])
+                    .contains(";.;tenant=.=acme;.;llm_"));
+            }
+            // Without extra labels, names are byte-identical to the plain ones.
+            assert_eq!(s.stat_name_with("m", &[], &[]), s.stat_name("m"));
+            assert_eq!(s.label_values_with("m", &[]), s.label_values("m"));
+        }
+    }
+
+    #[test]
+    fn filter_errors_take_no_extra_labels() {
+        let s = Series::FilterErrors {
+            kind: ErrorKind::EncodedBody,
+        };
+        assert!(!Metric::FilterErrors.takes_extra_labels());
+        assert_eq!(
+            s.stat_name_with("m", &["tenant"], &["acme"]),
+            "kind=.=encoded_body;.;llm_filter_errors_total"
+        );
+        assert_eq!(
+            Metric::FilterErrors
+                .label_names_with(&["tenant"])
+                .collect::<Vec<_>>(),
+            ["kind"]
+        );
+        assert_eq!(
+            s.key_with(LabelIds([3, 4, 0, 0])),
+            s.key_with(LabelIds::default())
+        );
+        for m in Metric::ALL {
+            assert_eq!(
+                m.takes_extra_labels(),
+                m.label_names().contains(&"model"),
+                "{m:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_with_extra_label_ids_are_unique_per_stat_name() {
+        let ids = [
+            LabelIds::default(),
+            LabelIds([1, 0, 0, 0]),
+            LabelIds([0, 1, 0, 0]),
+            LabelIds([2, 3, 0, 0]),
+            LabelIds([3, 2, 0, 0]),
+        ];
+        let tenants = ["none", "other", "acme", "globex"];
+        let value = |id: u16| tenants.get(usize::from(id)).copied().unwrap_or("x");
+        let mut keys = HashSet::new();
+        let mut names = HashSet::new();
+        let mut pairs = 0;
+        for s in all_series() {
+            for l in ids {
+                let name =
+                    s.stat_name_with("m", &["tenant", "team"], &[value(l.0[0]), value(l.0[1])]);
+                let fresh_name = names.insert(name.clone());
+                let fresh_key = keys.insert(s.key_with(l));
+                assert_eq!(fresh_key, fresh_name, "{name}");
+                pairs += usize::from(fresh_name);
+            }
+        }
+        let errors = ErrorKind::ALL.len();
+        assert_eq!(pairs, (all_series().len() - errors) * ids.len() + errors);
     }
 }

@@ -1,4 +1,5 @@
-//! The `model` label: sanitising what clients send and keeping the label space bounded.
+//! The `model` label and the extra header labels (`label_headers`, e.g. `tenant`): sanitising what
+//! clients send and keeping the label space bounded.
 //!
 //! Envoy never frees a stat, so an unbounded label would let any client grow Envoy's memory by sending
 //! made-up model names. Two policies bound it:
@@ -11,10 +12,46 @@
 //! Sanitising: characters outside `[A-Za-z0-9._/:@+-]` become `_` (this keeps names such as
 //! `Qwen/Qwen3-1.7B`, `qwen3:1.7b` and `org/model@rev` intact and cannot produce Envoy's tag
 //! delimiters `=.=` / `;.;`), then the name is cut to 64 bytes. An empty or missing name is `unknown`.
+//!
+//! Extra header labels ([`HeaderLabels`]) follow the same rules, each with its own allowlist or cap
+//! and its own process-wide set (registry key [`label_registry_key`]); a missing or empty header is
+//! `none`, and a `hash` entry labels [`hash_label`] of the raw value instead of the value.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use crate::config::LabelHeader;
+use crate::metrics::{LabelIds, MAX_EXTRA_LABELS};
+
+/// The registry key (proxy-wasm shared-data key) of the process-wide set of admitted model names.
+pub const MODELS_KEY: &str = "llm-metrics-filter.models.v1";
+
+/// The registry key of the process-wide set of admitted values of the extra label `label`.
+pub fn label_registry_key(label: &str) -> String {
+    format!("llm-metrics-filter.labels.{label}.v1")
+}
+
+/// Hex digits of a hashed label value ([`hash_label`]).
+pub const HASH_LABEL_HEX_DIGITS: usize = 12;
+
+/// The label form of a secret header value (`hash: true`): the top 48 bits of the 64-bit FNV-1a
+/// hash of the raw bytes, as 12 lowercase hex digits.
+///
+/// FNV-1a because it is fixed forever (Rust's `DefaultHasher` is not guaranteed stable across
+/// releases, so labels would change on an upgrade), needs no key or dependency, and is a few lines
+/// in any language, so an operator can compute the label of a known key offline. The top bits
+/// because FNV's multiply mixes every input bit into them. It is not a secret-keeping hash: it only
+/// keeps the value itself out of the stats. A high-entropy secret (an API key) cannot be recovered
+/// from 48 bits, but a low-entropy value (a user name) can be guessed and checked.
+pub fn hash_label(raw: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in raw {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:012x}", h >> 16)
+}
 
 /// Longest model label, in bytes.
 pub const MAX_MODEL_LABEL_BYTES: usize = 64;
@@ -67,14 +104,18 @@ pub enum Admission {
     Unavailable,
 }
 
-/// The process-wide set of admitted model names (proxy-wasm shared data in Envoy).
+/// The process-wide sets of admitted label values, one per `key` ([`MODELS_KEY`] for model names,
+/// [`label_registry_key`] for an extra label): proxy-wasm shared data in the wasm build, this
+/// library's memory in the native one.
 pub trait Registry {
-    fn admit(&mut self, name: &str, max: usize) -> Admission;
+    fn admit(&mut self, key: &str, name: &str, max: usize) -> Admission;
 }
 
-/// Maps client-sent model names to bounded label ids, per VM.
+/// Maps client-sent model names (or values of one extra label) to bounded label ids, per VM.
 #[derive(Debug)]
 pub struct ModelLabels {
+    /// The registry key of the process-wide set.
+    key: String,
     allowlist: bool,
     max_models: usize,
     names: Vec<Arc<str>>,
@@ -85,10 +126,17 @@ pub struct ModelLabels {
 impl ModelLabels {
     /// `allow`: the configured allowlist (already sanitised); empty means "cap at `max_models`".
     pub fn new(allow: &[String], max_models: usize) -> ModelLabels {
+        ModelLabels::bounded(MODELS_KEY, "unknown", allow, max_models)
+    }
+
+    /// A bounded label with its own registry `key` and its own label for a missing value (id 0);
+    /// id 1 is `other`.
+    pub fn bounded(key: &str, missing: &str, allow: &[String], max: usize) -> ModelLabels {
         let mut labels = ModelLabels {
+            key: key.to_owned(),
             allowlist: !allow.is_empty(),
-            max_models,
-            names: vec![Arc::from("unknown"), Arc::from("other")],
+            max_models: max,
+            names: vec![Arc::from(missing), Arc::from("other")],
             ids: HashMap::new(),
             rejected: 0,
         };
@@ -127,7 +175,7 @@ impl ModelLabels {
     /// The label id for a request's `model` (`None`: the request had no usable model).
     pub fn resolve(&mut self, raw: Option<&str>, registry: &mut dyn Registry) -> ModelId {
         let clean = sanitize_model(raw.unwrap_or(""));
-        if clean.is_empty() || clean == "unknown" {
+        if clean.is_empty() || self.names.first().is_some_and(|m| **m == *clean) {
             return ModelId::UNKNOWN;
         }
         if clean == "other" {
@@ -139,7 +187,7 @@ impl ModelLabels {
         if self.allowlist {
             return ModelId::OTHER;
         }
-        match registry.admit(&clean, self.max_models) {
+        match registry.admit(&self.key, &clean, self.max_models) {
             Admission::Admitted => self.intern(&clean),
             Admission::Full => {
                 if self.rejected < MAX_CACHED_REJECTIONS {
@@ -150,6 +198,137 @@ impl ModelLabels {
             }
             Admission::Unavailable => ModelId::OTHER,
         }
+    }
+
+    /// The registry key of this label's process-wide set.
+    pub fn registry_key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the label is bounded by the process-wide set (no allowlist).
+    pub fn uses_registry(&self) -> bool {
+        !self.allowlist
+    }
+}
+
+/// One configured extra label.
+#[derive(Debug)]
+struct HeaderLabel {
+    header: String,
+    label: String,
+    hash: bool,
+    values: ModelLabels,
+}
+
+/// Up to [`MAX_EXTRA_LABELS`] strings, one per configured extra label; no allocation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtraStrs<'a> {
+    strs: [&'a str; MAX_EXTRA_LABELS],
+    len: usize,
+}
+
+impl<'a> ExtraStrs<'a> {
+    pub fn as_slice(&self) -> &[&'a str] {
+        self.strs.get(..self.len).unwrap_or(&[])
+    }
+}
+
+/// The extra labels of one VM (`label_headers`), in configuration order: each maps a request
+/// header's value to a bounded label id, like [`ModelLabels`] for the model.
+#[derive(Debug, Default)]
+pub struct HeaderLabels {
+    entries: Vec<HeaderLabel>,
+}
+
+impl HeaderLabels {
+    /// The extra labels of a configuration (at most [`MAX_EXTRA_LABELS`]: more are ignored, which
+    /// the configuration's validation rules out).
+    pub fn new(config: &[LabelHeader]) -> HeaderLabels {
+        let entries = config
+            .iter()
+            .take(MAX_EXTRA_LABELS)
+            .map(|c| HeaderLabel {
+                header: c.header.clone(),
+                label: c.label.clone(),
+                hash: c.hash,
+                values: ModelLabels::bounded(
+                    &label_registry_key(&c.label),
+                    "none",
+                    &c.values,
+                    c.max_values,
+                ),
+            })
+            .collect();
+        HeaderLabels { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The request headers to read, in configuration order.
+    pub fn headers(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.header.as_str())
+    }
+
+    /// The registry keys of the labels bounded by a process-wide set (no allowlist).
+    pub fn registry_keys(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|e| e.values.uses_registry())
+            .map(|e| e.values.registry_key())
+    }
+
+    /// The extra label names, in configuration order.
+    pub fn names(&self) -> ExtraStrs<'_> {
+        let mut out = ExtraStrs::default();
+        for (slot, e) in out.strs.iter_mut().zip(&self.entries) {
+            *slot = &e.label;
+            out.len += 1;
+        }
+        out
+    }
+
+    /// The label values of an exchange's ids, in configuration order.
+    pub fn values(&self, ids: LabelIds) -> ExtraStrs<'_> {
+        let mut out = ExtraStrs::default();
+        for ((slot, e), id) in out.strs.iter_mut().zip(&self.entries).zip(ids.0) {
+            *slot = e.values.name(ModelId(id));
+            out.len += 1;
+        }
+        out
+    }
+
+    /// The label values of an exchange's ids as shared strings a host can keep beyond a lock.
+    pub fn shared_values(&self, ids: LabelIds) -> [Option<Arc<str>>; MAX_EXTRA_LABELS] {
+        let mut out: [Option<Arc<str>>; MAX_EXTRA_LABELS] = Default::default();
+        for ((slot, e), id) in out.iter_mut().zip(&self.entries).zip(ids.0) {
+            *slot = Some(e.values.shared_name(ModelId(id)));
+        }
+        out
+    }
+
+    /// Resolves every extra label of a request: `header` reads one request header (called once per
+    /// configured entry, in order; `None` when absent).
+    pub fn resolve<B: AsRef<[u8]>>(
+        &mut self,
+        mut header: impl FnMut(&str) -> Option<B>,
+        registry: &mut dyn Registry,
+    ) -> LabelIds {
+        let mut ids = LabelIds::default();
+        for (slot, e) in ids.0.iter_mut().zip(&mut self.entries) {
+            let raw = header(&e.header);
+            let raw = raw.as_ref().map(AsRef::as_ref).filter(|r| !r.is_empty());
+            let id = match raw {
+                None => ModelId::UNKNOWN,
+                Some(r) if e.hash => e.values.resolve(Some(&hash_label(r)), registry),
+                Some(r) => e
+                    .values
+                    .resolve(Some(&String::from_utf8_lossy(r)), registry),
+            };
+            *slot = id.0;
+        }
+        ids
     }
 }
 
@@ -179,24 +358,29 @@ pub fn list_append(list: &[u8], name: &str) -> Vec<u8> {
     out
 }
 
-/// An in-memory registry, for tests of code that needs one.
+/// Admits `name` into the `\n`-separated `list` unless `max` names are there already.
+pub fn admit_to_list(list: &mut Vec<u8>, name: &str, max: usize) -> Admission {
+    match list_contains(list, name) {
+        (true, _) => Admission::Admitted,
+        (false, n) if n >= max => Admission::Full,
+        (false, _) => {
+            *list = list_append(list, name);
+            Admission::Admitted
+        }
+    }
+}
+
+/// An in-memory registry (one list per key), for tests of code that needs one.
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
-    pub list: Vec<u8>,
+    pub lists: BTreeMap<String, Vec<u8>>,
     pub calls: usize,
 }
 
 impl Registry for MemoryRegistry {
-    fn admit(&mut self, name: &str, max: usize) -> Admission {
+    fn admit(&mut self, key: &str, name: &str, max: usize) -> Admission {
         self.calls += 1;
-        match list_contains(&self.list, name) {
-            (true, _) => Admission::Admitted,
-            (false, n) if n >= max => Admission::Full,
-            (false, _) => {
-                self.list = list_append(&self.list, name);
-                Admission::Admitted
-            }
-        }
+        admit_to_list(self.lists.entry(key.to_owned()).or_default(), name, max)
     }
 }
 
@@ -297,5 +481,207 @@ mod tests {
         assert_eq!(list_contains(&l, "Qwen/Qwen3-1.7B"), (true, 2));
         assert_eq!(list_contains(&l, "Qwen"), (false, 2));
         assert_eq!(list_contains(b"", "a"), (false, 0));
+    }
+
+    fn entry(label: &str, values: &[&str], max_values: usize, hash: bool) -> LabelHeader {
+        LabelHeader {
+            header: format!("x-{label}"),
+            label: label.to_owned(),
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+            max_values,
+            hash,
+        }
+    }
+
+    /// Resolves one request whose headers are `headers` (name, value).
+    fn request(
+        labels: &mut HeaderLabels,
+        headers: &[(&str, &[u8])],
+        reg: &mut MemoryRegistry,
+    ) -> Vec<String> {
+        let mut read = Vec::new();
+        let ids = labels.resolve(
+            |name| {
+                read.push(name.to_owned());
+                headers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_vec())
+            },
+            reg,
+        );
+        let names: Vec<String> = labels.headers().map(str::to_owned).collect();
+        assert_eq!(read, names, "each configured header is read once, in order");
+        labels
+            .values(ids)
+            .as_slice()
+            .iter()
+            .map(|v| (*v).to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn header_labels_allowlist_other_and_none() {
+        let mut labels = HeaderLabels::new(&[entry("tenant", &["acme", "globex"], 32, false)]);
+        let mut reg = MemoryRegistry::default();
+        assert_eq!(labels.names().as_slice(), ["tenant"]);
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"acme")], &mut reg),
+            ["acme"]
+        );
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"initech")], &mut reg),
+            ["other"]
+        );
+        assert_eq!(request(&mut labels, &[], &mut reg), ["none"]);
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"")], &mut reg),
+            ["none"]
+        );
+        assert_eq!(reg.calls, 0, "an allowlist never asks the registry");
+        assert_eq!(labels.registry_keys().count(), 0);
+    }
+
+    #[test]
+    fn header_values_are_sanitised_like_model_names() {
+        let mut labels = HeaderLabels::new(&[entry("tenant", &[], 32, false)]);
+        let mut reg = MemoryRegistry::default();
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"acme corp;.;x=.=y")], &mut reg),
+            ["acme_corp_._x_._y"]
+        );
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"caf\xc3\xa9\xff")], &mut reg),
+            ["caf__"]
+        );
+        let long = [b'a'; 100];
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", &long)], &mut reg),
+            ["a".repeat(64)]
+        );
+        // `unknown` is an ordinary value here; `none` and `other` are the reserved ones.
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"unknown")], &mut reg),
+            ["unknown"]
+        );
+    }
+
+    #[test]
+    fn the_label_cap_is_process_wide_and_separate_from_the_model_cap() {
+        let config = [entry("tenant", &[], 2, false), entry("team", &[], 1, false)];
+        let mut reg = MemoryRegistry::default();
+        // Two workers (VMs) share one registry, as proxy-wasm shared data.
+        let mut vm1 = HeaderLabels::new(&config);
+        let mut vm2 = HeaderLabels::new(&config);
+        let mut models = ModelLabels::new(&[], 1);
+        models.resolve(Some("m"), &mut reg);
+        assert_eq!(
+            request(
+                &mut vm1,
+                &[("x-tenant", b"a"), ("x-team", b"red")],
+                &mut reg
+            ),
+            ["a", "red"]
+        );
+        assert_eq!(
+            request(
+                &mut vm2,
+                &[("x-tenant", b"b"), ("x-team", b"blue")],
+                &mut reg
+            ),
+            ["b", "other"]
+        );
+        assert_eq!(
+            request(
+                &mut vm1,
+                &[("x-tenant", b"c"), ("x-team", b"red")],
+                &mut reg
+            ),
+            ["other", "red"]
+        );
+        // vm1 never saw `b`, but the process admitted it.
+        assert_eq!(
+            request(&mut vm1, &[("x-tenant", b"b")], &mut reg),
+            ["b", "none"]
+        );
+        assert_eq!(
+            reg.lists.get(MODELS_KEY).map(Vec::as_slice),
+            Some(&b"m"[..])
+        );
+        assert_eq!(
+            reg.lists
+                .get("llm-metrics-filter.labels.tenant.v1")
+                .map(Vec::as_slice),
+            Some(&b"a\nb"[..])
+        );
+        assert_eq!(
+            reg.lists
+                .get("llm-metrics-filter.labels.team.v1")
+                .map(Vec::as_slice),
+            Some(&b"red"[..])
+        );
+        assert_eq!(
+            vm1.registry_keys().collect::<Vec<_>>(),
+            [
+                "llm-metrics-filter.labels.tenant.v1",
+                "llm-metrics-filter.labels.team.v1"
+            ]
+        );
+    }
+
+    #[test]
+    fn hashing_is_fnv1a_stable_and_never_the_raw_value() {
+        // FNV-1a 64 reference values: "a" = af63dc4c8601ec8c, "foobar" = 85944171f73967e8.
+        assert_eq!(hash_label(b"a"), "af63dc4c8601");
+        assert_eq!(hash_label(b"foobar"), "85944171f739");
+        assert_eq!(hash_label(b"").len(), HASH_LABEL_HEX_DIGITS);
+        let mut labels = HeaderLabels::new(&[entry("api_key", &[], 2, true)]);
+        let mut reg = MemoryRegistry::default();
+        let secret = b"Bearer sk-live-0123456789abcdef";
+        let first = request(&mut labels, &[("x-api_key", secret)], &mut reg);
+        assert_eq!(first, [hash_label(secret)]);
+        assert!(!first[0].contains("sk-live"), "{first:?}");
+        // Stable across requests and workers.
+        let mut other_vm = HeaderLabels::new(&[entry("api_key", &[], 2, true)]);
+        assert_eq!(
+            request(&mut other_vm, &[("x-api_key", secret)], &mut reg),
+            first
+        );
+        // The bound applies to hashes, and the registry holds only hashes.
+        request(&mut labels, &[("x-api_key", b"key-2")], &mut reg);
+        assert_eq!(
+            request(&mut labels, &[("x-api_key", b"key-3")], &mut reg),
+            ["other"]
+        );
+        assert_eq!(request(&mut labels, &[], &mut reg), ["none"]);
+        let list = reg
+            .lists
+            .get("llm-metrics-filter.labels.api_key.v1")
+            .cloned()
+            .unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&list).contains("sk-live"));
+        // An allowlist of hashes.
+        let allowed = hash_label(b"key-2");
+        let mut labels = HeaderLabels::new(&[entry("api_key", &[&allowed], 32, true)]);
+        assert_eq!(
+            request(&mut labels, &[("x-api_key", b"key-2")], &mut reg),
+            [allowed.as_str()]
+        );
+        assert_eq!(
+            request(&mut labels, &[("x-api_key", secret)], &mut reg),
+            ["other"]
+        );
+    }
+
+    #[test]
+    fn no_header_labels_read_nothing() {
+        let mut labels = HeaderLabels::new(&[]);
+        let mut reg = MemoryRegistry::default();
+        assert!(labels.is_empty());
+        assert_eq!(
+            request(&mut labels, &[("x-tenant", b"a")], &mut reg),
+            Vec::<String>::new()
+        );
+        assert!(labels.names().as_slice().is_empty());
     }
 }
