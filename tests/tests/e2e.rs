@@ -1112,3 +1112,152 @@ async fn native_module_matches_envoys_abi_and_names_a_rejected_config_field() {
     })
     .await;
 }
+
+/// `label_headers` through real Envoy with each build: the tenant header becomes a `tenant` label on
+/// every series with a `model` label (not on `llm_filter_errors_total`), bounded process-wide by
+/// `max_values` (a third value is `other`), a missing header is `none`, and a hashed API key never
+/// appears as itself. The wasm build needs the README's `stats_tags` line for each label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_labels_from_request_headers_are_bounded_and_identical_in_both_builds() {
+    bounded(Duration::from_secs(120), async {
+        each_build(tenant_labels_with).await
+    })
+    .await;
+}
+
+async fn tenant_labels_with(build: Build) -> Result<()> {
+    let upstream = Upstream::start().await?;
+    let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+    upstream.add(
+        "json",
+        Script::chunked(
+            200,
+            vec![("content-type".into(), "application/json".into())],
+            body.to_string().as_bytes(),
+            &[4096],
+            Duration::ZERO,
+        ),
+    );
+    let config = json!({"label_headers": [
+        {"header": "x-tenant", "label": "tenant", "max_values": 2},
+        {"header": "authorization", "label": "api_key", "hash": true}]});
+    let envoy = Envoy::start_with_labels(
+        build,
+        upstream.port,
+        &config.to_string(),
+        &["tenant", "api_key"],
+    )
+    .await?;
+    let req = serde_json::to_vec(&json!({"model": "tenant-model", "messages": []}))?;
+    for tenant in [
+        Some("acme"),
+        Some("globex"),
+        Some("initech"),
+        None,
+        Some("acme"),
+    ] {
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            (SCRIPT_HEADER, "json"),
+            ("authorization", "Bearer sk-secret-123"),
+        ];
+        if let Some(t) = tenant {
+            headers.push(("x-tenant", t));
+        }
+        let r = request(
+            envoy.gateway_port,
+            "POST",
+            "/v1/chat/completions",
+            &headers,
+            req.clone(),
+        )
+        .await?;
+        ensure!(r.status == 200, "status {}", r.status);
+    }
+    // One unreadable request: its error counter must carry no tenant label.
+    request(
+        envoy.gateway_port,
+        "POST",
+        "/v1/chat/completions",
+        &[(SCRIPT_HEADER, "json"), ("x-tenant", "acme")],
+        b"{".to_vec(),
+    )
+    .await?;
+    let s = envoy
+        .wait_for(Duration::from_secs(5), |s| {
+            let n = s.sum("llm_requests_total", &[]);
+            if n == 6.0 {
+                Ok(())
+            } else {
+                Err(format!("{n} requests counted, want 6"))
+            }
+        })
+        .await?;
+    let per_tenant = |t: &str| {
+        s.sum(
+            "llm_requests_total",
+            &[("model", "tenant-model"), ("tenant", t)],
+        )
+    };
+    ensure!(
+        (
+            per_tenant("acme"),
+            per_tenant("globex"),
+            per_tenant("other"),
+            per_tenant("none")
+        ) == (2.0, 1.0, 1.0, 1.0),
+        "requests by tenant: acme {}, globex {}, other {}, none {}",
+        per_tenant("acme"),
+        per_tenant("globex"),
+        per_tenant("other"),
+        per_tenant("none")
+    );
+    // (The unreadable request's usage counts under model `unknown`.)
+    let acme_input = s.sum(
+        "llm_tokens_total",
+        &[
+            ("model", "tenant-model"),
+            ("tenant", "acme"),
+            ("token_type", "input"),
+        ],
+    );
+    ensure!(acme_input == 6.0, "acme input tokens {acme_input}, want 6");
+    let keys: std::collections::BTreeSet<&str> = s
+        .samples
+        .iter()
+        .filter(|x| {
+            x.name == "llm_requests_total"
+                && x.labels.get("model").map(String::as_str) == Some("tenant-model")
+        })
+        .filter_map(|x| x.labels.get("api_key").map(String::as_str))
+        .collect();
+    ensure!(keys.len() == 1, "one API key, one hashed label: {keys:?}");
+    let key = keys.iter().next().copied().unwrap_or_default();
+    ensure!(
+        key.len() == 12 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "api_key label {key:?} is not a short hash"
+    );
+    ensure!(
+        !s.samples
+            .iter()
+            .any(|x| x.labels.values().any(|v| v.contains("sk-secret"))),
+        "the raw key became a label"
+    );
+    let errors: Vec<_> = s
+        .samples
+        .iter()
+        .filter(|x| x.name == "llm_filter_errors_total")
+        .collect();
+    ensure!(
+        !errors.is_empty(),
+        "no llm_filter_errors_total for the unreadable request"
+    );
+    ensure!(
+        errors.iter().all(|x| x.labels.keys().eq(["kind"].iter())),
+        "llm_filter_errors_total has extra labels: {:?}",
+        errors.iter().map(|x| &x.labels).collect::<Vec<_>>()
+    );
+    Ok(())
+}

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use bytes::Bytes;
 use http_body_util::channel::Channel;
 use http_body_util::{BodyExt as _, Full};
@@ -230,12 +230,24 @@ impl Envoy {
         upstream_port: u16,
         filter_config: &str,
     ) -> Result<Envoy> {
+        Envoy::start_with_labels(build, upstream_port, filter_config, &[]).await
+    }
+
+    /// As [`Envoy::start_build`], for a filter configuration with `label_headers`: for the wasm build
+    /// each of `extra_labels` gets the `stats_tags` line the README tells users to add (the native
+    /// build needs none).
+    pub async fn start_with_labels(
+        build: Build,
+        upstream_port: u16,
+        filter_config: &str,
+        extra_labels: &[&str],
+    ) -> Result<Envoy> {
         // A port picked by free_port() can be taken by someone else before Envoy binds it; only
         // that failure is retried, with new ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Envoy::start_once(build, upstream_port, filter_config).await {
+            match Envoy::start_once(build, upstream_port, filter_config, extra_labels).await {
                 Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
                     continue
                 }
@@ -244,7 +256,12 @@ impl Envoy {
         }
     }
 
-    async fn start_once(build: Build, upstream_port: u16, filter_config: &str) -> Result<Envoy> {
+    async fn start_once(
+        build: Build,
+        upstream_port: u16,
+        filter_config: &str,
+        extra_labels: &[&str],
+    ) -> Result<Envoy> {
         let envoy = envoy_bin()?;
         let dir = tempfile::Builder::new().prefix("e2e-envoy-").tempdir()?;
         let (gateway_port, admin_port, metrics_port) = (free_port(), free_port(), free_port());
@@ -272,8 +289,19 @@ impl Envoy {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let mut yaml = String::from_utf8(out.stdout).context("render.sh output")?;
+        let kind_tag = "    - { tag_name: kind, regex: \"(kind=\\\\.=(.*?);\\\\.;)\" }\n";
+        for label in extra_labels.iter().filter(|_| build == Build::Wasm) {
+            ensure!(
+                yaml.contains(kind_tag),
+                "no `kind` stats_tags line in the rendered config"
+            );
+            let tag =
+                format!("    - {{ tag_name: {label}, regex: \"({label}=\\\\.=(.*?);\\\\.;)\" }}\n");
+            yaml = yaml.replace(kind_tag, &format!("{kind_tag}{tag}"));
+        }
         let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, &out.stdout)?;
+        std::fs::write(&config, yaml)?;
         cmd.arg("-c")
             .arg(&config)
             .args([
