@@ -6,15 +6,20 @@
 //! calls exactly once per stream, also when the client or the upstream went away and no
 //! `end_of_stream` ever arrived. `finish` returns the [`Observation`]; nothing here touches the host.
 //!
-//! Memory per exchange: this struct (about 220 bytes, of which 8 hold the extra label ids, 8 the longest inter-token gap,
+//! Memory per exchange: this struct (about 240 bytes, of which 8 hold the extra label ids, 8 the longest inter-token gap,
 //! 32 the first reasoning and first answer chunk times, and 2 the `<think>` tag matcher) plus, while
 //! they are being read, the request body (at most `max_request_body_bytes`, freed once parsed), a
 //! non-streaming response body (at most `max_response_body_bytes`, freed once parsed) or the SSE
-//! decoder's partial line and event (at most twice `max_event_bytes`). Nothing grows with the number
-//! of stream events. Parsing an event allocates only when a chat `content` string has JSON escapes
-//! (its unescaped copy, freed with the event).
+//! decoder's partial line and event (at most twice `max_event_bytes`). A gzip or deflate response
+//! adds one [`Inflater`] ([`Inflater::SIZE`], 43,328 bytes: a 32 KiB window and the Huffman tables),
+//! allocated at its response headers only when the response is encoded and readable, and freed when
+//! its body ends; the decoded bytes pass through a 16 KiB stack buffer and are not kept (a JSON body
+//! decodes into its bounded buffer). Nothing grows with the number of stream events. Parsing an
+//! event allocates only when a chat `content` string has JSON escapes (its unescaped copy, freed with
+//! the event).
 
 use crate::config::Config;
+use crate::encoding::{self, BodyCoding, Inflater, Stop};
 use crate::metrics::{
     Api, ErrorKind, ErrorSet, LabelIds, Op, Outcome, Series, Source, StatusClass, TokenType,
 };
@@ -74,6 +79,11 @@ pub struct Exchange {
     status: Option<u16>,
     sse: bool,
     response: ResponseBody,
+    /// The decoder of a gzip or deflate body, while it is being read.
+    inflater: Option<Box<Inflater>>,
+    /// The filter stopped reading the body before its end (an unreadable coding, corrupt compressed
+    /// data, a decoded stream over its bound): whether a stream's end marker passed is unknown.
+    unread_tail: bool,
     response_ended: bool,
     usage: Option<Usage>,
     token_events: u64,
@@ -132,12 +142,10 @@ fn is_event_stream(content_type: Option<&str>) -> bool {
     })
 }
 
-fn is_identity(content_encoding: Option<&str>) -> bool {
-    content_encoding.is_none_or(|e| {
-        let e = e.trim();
-        e.is_empty() || e.eq_ignore_ascii_case("identity")
-    })
-}
+/// A decoded event stream may grow to this many times `max_response_body_bytes` (64 MiB at the
+/// defaults, far beyond any real stream) before the rest is left unread: the bound on the work one
+/// small compressed body (a decompression bomb) can cause.
+pub const DECODED_STREAM_FACTOR: u64 = 64;
 
 impl Exchange {
     /// A new exchange whose request headers were seen at `now_ns`.
@@ -152,6 +160,8 @@ impl Exchange {
             status: None,
             sse: false,
             response: ResponseBody::Waiting,
+            inflater: None,
+            unread_tail: false,
             response_ended: false,
             usage: None,
             token_events: 0,
@@ -267,16 +277,31 @@ impl Exchange {
         self.status = status;
         self.sse = is_event_stream(content_type);
         let failed = status.is_some_and(|s| s >= 400);
-        self.response = if !is_identity(content_encoding) {
+        let coding = encoding::body_coding(content_encoding);
+        self.inflater = None;
+        self.response = if coding == BodyCoding::Unreadable {
             self.errors.insert(ErrorKind::EncodedBody);
+            self.unread_tail = true;
             ResponseBody::Skip
         } else if failed {
             // The status already says "error"; an error body is never a parse failure.
             ResponseBody::Skip
-        } else if self.sse {
-            ResponseBody::Sse(Box::new(Decoder::new(config.max_event_bytes)))
         } else {
-            ResponseBody::Json(Vec::new())
+            if let BodyCoding::Readable(coding) = coding {
+                // A JSON body is bounded by the buffer it is collected in; a stream by the factor.
+                let limit = config.max_response_body_bytes as u64;
+                let limit = if self.sse {
+                    limit.saturating_mul(DECODED_STREAM_FACTOR)
+                } else {
+                    limit
+                };
+                self.inflater = Some(Inflater::new(coding, limit));
+            }
+            if self.sse {
+                ResponseBody::Sse(Box::new(Decoder::new(config.max_event_bytes)))
+            } else {
+                ResponseBody::Json(Vec::new())
+            }
         };
         if end {
             self.response_end();
@@ -284,7 +309,8 @@ impl Exchange {
     }
 
     /// Feeds a response body chunk. `now` is called at most once, and only when the chunk carries a
-    /// token-bearing event, so the shell reads the clock only when it matters.
+    /// token-bearing event, so the shell reads the clock only when it matters. An encoded body is
+    /// decoded here, as far as this chunk's bytes allow; `chunk` itself is never changed.
     pub fn response_body(
         &mut self,
         chunk: &[u8],
@@ -292,12 +318,59 @@ impl Exchange {
         config: &Config,
         now: &mut dyn FnMut() -> u64,
     ) {
+        let mut tokens = ChunkTokens {
+            answered: self.first_answer_ns.is_some(),
+            ..ChunkTokens::default()
+        };
+        match self.inflater.take() {
+            Some(mut inflater) if self.wants_response_body() => {
+                let fed = inflater.feed(chunk, &mut |piece| {
+                    self.body_bytes(piece, config, &mut tokens);
+                    self.wants_response_body()
+                });
+                match fed {
+                    Ok(()) => self.inflater = Some(inflater),
+                    // The sink stopped: the body is no longer read (and the reason is counted).
+                    Err(Stop::Sink) => {}
+                    Err(stop) => {
+                        self.errors.insert(if stop == Stop::TooLarge {
+                            ErrorKind::ResponseTooLarge
+                        } else {
+                            ErrorKind::DecodeError
+                        });
+                        self.response = ResponseBody::Skip;
+                        self.unread_tail = true;
+                    }
+                }
+            }
+            Some(_) => {}
+            None => self.body_bytes(chunk, config, &mut tokens),
+        }
+        if tokens.events > 0 {
+            let t = now();
+            if tokens.reasoning_first {
+                self.first_reasoning_ns.get_or_insert(t);
+            }
+            if tokens.answer {
+                self.first_answer_ns.get_or_insert(t);
+            }
+            if self.first_token_ns.is_some() {
+                let gap = t.saturating_sub(self.last_token_ns);
+                self.max_gap_ns = self.max_gap_ns.max(gap);
+            }
+            self.first_token_ns.get_or_insert(t);
+            self.last_token_ns = t;
+            self.token_events += tokens.events;
+        }
+        if end {
+            self.response_end();
+        }
+    }
+
+    /// Reads (decoded) body bytes: events into `tokens`, or JSON into the buffer.
+    fn body_bytes(&mut self, bytes: &[u8], config: &Config, tokens: &mut ChunkTokens) {
         match &mut self.response {
             ResponseBody::Sse(decoder) => {
-                let mut tokens = ChunkTokens {
-                    answered: self.first_answer_ns.is_some(),
-                    ..ChunkTokens::default()
-                };
                 let mut state = StreamState {
                     usage: &mut self.usage,
                     end: &mut self.stream_end_seen,
@@ -305,43 +378,33 @@ impl Exchange {
                     errors: &mut self.errors,
                     think: &mut self.think,
                 };
-                decoder.feed(chunk, &mut |item| state.item(item, &mut tokens));
-                if tokens.events > 0 {
-                    let t = now();
-                    if tokens.reasoning_first {
-                        self.first_reasoning_ns.get_or_insert(t);
-                    }
-                    if tokens.answer {
-                        self.first_answer_ns.get_or_insert(t);
-                    }
-                    if self.first_token_ns.is_some() {
-                        let gap = t.saturating_sub(self.last_token_ns);
-                        self.max_gap_ns = self.max_gap_ns.max(gap);
-                    }
-                    self.first_token_ns.get_or_insert(t);
-                    self.last_token_ns = t;
-                    self.token_events += tokens.events;
-                }
+                decoder.feed(bytes, &mut |item| state.item(item, tokens));
             }
             ResponseBody::Json(buf) => {
-                if buf.len() + chunk.len() > config.max_response_body_bytes {
+                if buf.len() + bytes.len() > config.max_response_body_bytes {
                     self.errors.insert(ErrorKind::ResponseTooLarge);
                     self.response = ResponseBody::Skip;
                 } else {
-                    buf.extend_from_slice(chunk);
+                    buf.extend_from_slice(bytes);
                 }
             }
             ResponseBody::Waiting | ResponseBody::Skip => {}
-        }
-        if end {
-            self.response_end();
         }
     }
 
     /// The response ended (last body chunk, or trailers).
     pub fn response_end(&mut self) {
         self.response_ended = true;
-        match std::mem::replace(&mut self.response, ResponseBody::Skip) {
+        let response = std::mem::replace(&mut self.response, ResponseBody::Skip);
+        // An encoded body cut short is corrupt: a JSON body from it is not parsed.
+        if self.inflater.take().is_some_and(|i| !i.complete())
+            && matches!(response, ResponseBody::Json(_) | ResponseBody::Sse(_))
+        {
+            self.errors.insert(ErrorKind::DecodeError);
+            self.unread_tail = true;
+            return;
+        }
+        match response {
             ResponseBody::Json(buf) => match openai::parse_response(&buf) {
                 Ok(info) => {
                     self.usage = info.usage;
@@ -378,7 +441,9 @@ impl Exchange {
         } else if stream_complete {
             Outcome::Completed
         } else if self.response_ended {
-            if self.sse {
+            // A stream read to its end without its end marker was cut short; one the filter could
+            // not read to its end (`unread_tail`) ended as far as the filter can tell.
+            if self.sse && !self.unread_tail {
                 Outcome::UpstreamAbort
             } else {
                 Outcome::Completed
@@ -402,10 +467,8 @@ impl Exchange {
                 .map(|first| self.last_token_ns.saturating_sub(first) / NANOS_PER_MICRO / (n - 1)),
             _ => None,
         };
-        // A stream the filter decoded (an error status or an encoded body is never read).
-        let read_stream = self.sse
-            && self.status.is_none_or(|s| s < 400)
-            && !self.errors.contains(ErrorKind::EncodedBody);
+        // A stream the filter read to its end (an error status or an unreadable body is never read).
+        let read_stream = self.sse && self.status.is_none_or(|s| s < 400) && !self.unread_tail;
         let max_gap_ms =
             (self.sse && self.token_events >= 2).then_some(self.max_gap_ns / NANOS_PER_MILLI);
         let token_count_mismatch = match self.usage.and_then(|u| u.output) {

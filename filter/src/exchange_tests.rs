@@ -368,14 +368,14 @@ fn an_unreadable_request_is_a_request_parse_error() {
 }
 
 #[test]
-fn an_encoded_response_is_counted_and_not_read() {
+fn a_response_in_an_unreadable_encoding_is_counted_and_not_read() {
     let config = cfg();
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
     ex.request_body(br#"{"model":"m"}"#, true, &config, &mut model_two);
     ex.response_headers(
         Some(200),
         Some("application/json"),
-        Some("gzip"),
+        Some("br"),
         false,
         &config,
     );
@@ -532,7 +532,7 @@ fn a_stream_without_usage_is_counted_whatever_its_outcome() {
     ex.response_headers(Some(200), Some("application/json"), None, false, &config);
     ex.response_body(b"{}", true, &config, &mut || 0);
     assert!(!ex.finish(0, &mut || 0).usage_missing);
-    for (status, encoding) in [(Some(500), None), (Some(200), Some("gzip"))] {
+    for (status, encoding) in [(Some(500), None), (Some(200), Some("br"))] {
         let mut ex = Exchange::new(Api::ChatCompletions, 0);
         ex.response_headers(status, Some("text/event-stream"), encoding, true, &config);
         assert!(
@@ -1310,4 +1310,392 @@ fn extra_label_ids_set_at_the_request_headers_reach_the_observation() {
     let obs = ex.finish(MS, &mut || 0);
     assert_eq!(obs.labels, LabelIds([5, 1, 0, 0]));
     assert_eq!(ex.labels(), LabelIds([5, 1, 0, 0]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compressed (gzip, deflate) response bodies.
+
+use crate::encoding::tests::{deflate_parts, gzip, gzip_parts};
+use crate::encoding::{BodyCoding, Coding};
+
+const USAGE_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"pong"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
+
+/// A non-streaming chat exchange whose body comes in `chunks`, the last one ending it.
+fn json_exchange(encoding: Option<&str>, chunks: &[&[u8]], config: &Config) -> Observation {
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.request_body(br#"{"model":"m"}"#, true, config, &mut model_two);
+    ex.response_headers(Some(200), Some("application/json"), encoding, false, config);
+    for (i, c) in chunks.iter().enumerate() {
+        if ex.wants_response_body() {
+            ex.response_body(c, i + 1 == chunks.len(), config, &mut || 0);
+        } else if i + 1 == chunks.len() {
+            ex.response_end();
+        }
+    }
+    ex.finish(MS, &mut || 0)
+}
+
+fn usage_7_of_11() -> Option<Usage> {
+    openai::parse_response(USAGE_JSON.as_bytes()).unwrap().usage
+}
+
+#[test]
+fn gzip_and_deflate_json_bodies_report_their_usage_at_every_split_point() {
+    let config = cfg();
+    let plain = USAGE_JSON.as_bytes();
+    let bodies = [
+        ("gzip", gzip_parts(&[plain], true).0),
+        ("gzip", gzip(plain)),
+        ("x-gzip, identity", gzip(plain)),
+        ("deflate", deflate_parts(&[plain], true).0),
+        ("deflate", deflate_parts(&[plain], false).0),
+    ];
+    for (encoding, body) in &bodies {
+        for i in 0..=body.len() {
+            let (a, b) = body.split_at(i);
+            let obs = json_exchange(Some(encoding), &[a, b], &config);
+            assert_eq!(obs.usage, usage_7_of_11(), "{encoding} split at {i}");
+            assert_eq!(obs.errors, ErrorSet::default(), "{encoding} split at {i}");
+            assert_eq!(obs.outcome, Outcome::Completed);
+        }
+    }
+    assert_eq!(usage_7_of_11().and_then(|u| u.output), Some(7));
+}
+
+#[test]
+fn corrupt_or_truncated_compressed_json_is_a_decode_error_and_not_read() {
+    let config = cfg();
+    let gz = gzip(USAGE_JSON.as_bytes());
+    let mut flipped = gz.clone();
+    flipped[14] ^= 0x55;
+    let cases: [(&str, &[u8]); 4] = [
+        ("truncated", &gz[..gz.len() - 3]),
+        ("no trailer", &gz[..gz.len() - 8]),
+        ("not gzip", USAGE_JSON.as_bytes()),
+        ("flipped", &flipped),
+    ];
+    for (what, body) in cases {
+        let obs = json_exchange(Some("gzip"), &[body], &config);
+        assert_eq!(obs.usage, None, "{what}");
+        assert_eq!(
+            obs.errors.iter().collect::<Vec<_>>(),
+            vec![ErrorKind::DecodeError],
+            "{what}"
+        );
+        assert_eq!(obs.outcome, Outcome::Completed, "{what}");
+    }
+}
+
+#[test]
+fn a_compressed_json_bomb_stops_at_the_body_bound() {
+    let config = Config {
+        max_response_body_bytes: 64 << 10,
+        ..cfg()
+    };
+    let mut body = USAGE_JSON.as_bytes().to_vec();
+    body.extend(std::iter::repeat_n(b' ', 8 << 20));
+    let gz = gzip(&body);
+    assert!(gz.len() < 32 << 10);
+    let obs = json_exchange(
+        Some("gzip"),
+        &[&gz[..gz.len() / 2], &gz[gz.len() / 2..]],
+        &config,
+    );
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::ResponseTooLarge]
+    );
+    assert_eq!(obs.usage, None);
+}
+
+#[test]
+fn unknown_or_layered_encodings_are_still_encoded_body() {
+    let config = cfg();
+    for encoding in ["br", "zstd", "gzip, br", "gzip, gzip", "compress"] {
+        assert_eq!(
+            crate::encoding::body_coding(Some(encoding)),
+            BodyCoding::Unreadable
+        );
+        let obs = json_exchange(Some(encoding), &[USAGE_JSON.as_bytes()], &config);
+        assert_eq!(
+            obs.errors.iter().collect::<Vec<_>>(),
+            vec![ErrorKind::EncodedBody],
+            "{encoding}"
+        );
+        assert_eq!(obs.usage, None);
+    }
+    // An unreadable stream that ended is not an upstream abort, and not a stream without usage.
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, &config);
+    ex.response_headers(
+        Some(200),
+        Some("text/event-stream"),
+        Some("br"),
+        false,
+        &config,
+    );
+    assert!(!ex.wants_response_body());
+    ex.response_end();
+    let obs = ex.finish(MS, &mut || 0);
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert!(!obs.usage_missing);
+}
+
+/// One SSE event per part: reasoning, then answer tokens, then usage, then `[DONE]`.
+fn stream_parts() -> Vec<String> {
+    let mut parts = vec![
+        delta_event("reasoning_content", "Let me"),
+        delta_event("reasoning_content", " think."),
+    ];
+    for w in [
+        "The",
+        " answer",
+        " is",
+        " 42",
+        ", with",
+        " “quotes”",
+        " and ✓.",
+    ] {
+        parts.push(content_event(w));
+    }
+    parts.push(usage_chunk(9).replace("data: [DONE]\n\n", ""));
+    parts.push("data: [DONE]\n\n".to_owned());
+    parts
+}
+
+/// A chat stream fed `chunks` (each at its time in ms), the last one ending the body.
+fn sse_exchange(encoding: Option<&str>, chunks: &[(u64, &[u8])], config: &Config) -> Observation {
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    chat_stream_request(&mut ex, config);
+    ex.response_headers(
+        Some(200),
+        Some("text/event-stream"),
+        encoding,
+        false,
+        config,
+    );
+    for (i, (t, c)) in chunks.iter().enumerate() {
+        if ex.wants_response_body() {
+            ex.response_body(c, i + 1 == chunks.len(), config, &mut || t * MS);
+        } else if i + 1 == chunks.len() {
+            ex.response_end();
+        }
+    }
+    ex.finish(1_000 * MS, &mut || 0)
+}
+
+/// For each event of a compressed stream: the length of the shortest prefix that completes it
+/// (decoded by the inflater and the SSE decoder byte by byte).
+fn event_completion_points(coding: Coding, body: &[u8]) -> Vec<usize> {
+    let mut inf = crate::encoding::Inflater::new(coding, u64::MAX);
+    let mut dec = Decoder::new(1 << 16);
+    let mut points = Vec::new();
+    for (i, b) in body.iter().enumerate() {
+        let mut events = 0;
+        inf.feed(std::slice::from_ref(b), &mut |piece| {
+            dec.feed(piece, &mut |item| {
+                events += usize::from(matches!(item, Item::Event { .. }))
+            });
+            true
+        })
+        .unwrap();
+        points.extend(std::iter::repeat_n(i + 1, events));
+    }
+    points
+}
+
+/// Checks one chunking of the gzip stream: it must give the observation of the plain stream whose
+/// events each arrive at the time of the compressed chunk that completes them.
+fn check_gzip_stream_cut_at(cuts: &[usize]) -> Result<(), TestCaseError> {
+    let config = cfg();
+    let parts = stream_parts();
+    let part_bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    let (gz, _) = gzip_parts(&part_bytes, true);
+    let points = event_completion_points(Coding::Gzip, &gz);
+    prop_assert_eq!(points.len(), parts.len());
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for &p in cuts.iter().chain([gz.len()].iter()) {
+        chunks.push((chunks.len() as u64 + 1, &gz[start..p]));
+        start = p;
+    }
+    // Chunk `c` (at time c + 1) holds bytes [bounds[c], bounds[c + 1]).
+    let chunk_time = |byte: usize| 1 + cuts.iter().filter(|&&c| c <= byte).count() as u64;
+    let plain: Vec<(u64, &[u8])> = points
+        .iter()
+        .zip(&part_bytes)
+        .map(|(p, part)| (chunk_time(p - 1), *part))
+        .collect();
+    let want = sse_exchange(None, &plain, &config);
+    prop_assert_eq!(want.errors, ErrorSet::default());
+    prop_assert_eq!(want.token_events, 9);
+    let got = sse_exchange(Some("gzip"), &chunks, &config);
+    prop_assert_eq!(got, want, "cuts {:?}", cuts);
+    Ok(())
+}
+
+#[test]
+fn a_gzip_stream_cut_at_its_flushes_gives_the_plain_streams_observation() {
+    let config = cfg();
+    let parts = stream_parts();
+    let part_bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    let (gz, ends) = gzip_parts(&part_bytes, true);
+    // Each event is complete once the compressed bytes up to its flush have arrived.
+    let points = event_completion_points(Coding::Gzip, &gz);
+    for (i, (p, end)) in points.iter().zip(&ends).enumerate() {
+        assert!(
+            *p <= *end,
+            "event {i} completed at {p}, its flush ends at {end}"
+        );
+        assert!(
+            i == 0 || *p > ends[i - 1],
+            "event {i} completed before its bytes"
+        );
+    }
+    let times: Vec<u64> = (0..parts.len() as u64).map(|i| 10 + 7 * i * i).collect();
+    let plain: Vec<(u64, &[u8])> = times
+        .iter()
+        .copied()
+        .zip(part_bytes.iter().copied())
+        .collect();
+    let mut compressed = Vec::new();
+    let mut start = 0;
+    for (t, end) in times.iter().zip(&ends) {
+        compressed.push((*t, &gz[start..*end]));
+        start = *end;
+    }
+    let want = sse_exchange(None, &plain, &config);
+    assert_eq!(want.ttft_ms, Some(10));
+    assert!(want.reasoning_ms.is_some() && want.max_gap_ms.is_some());
+    assert_eq!(sse_exchange(Some("gzip"), &compressed, &config), want);
+    // The same stream zlib-wrapped and raw, as `deflate`.
+    for zlib in [true, false] {
+        let (z, ends) = deflate_parts(&part_bytes, zlib);
+        let mut compressed = Vec::new();
+        let mut start = 0;
+        for (t, end) in times.iter().zip(&ends) {
+            compressed.push((*t, &z[start..*end]));
+            start = *end;
+        }
+        assert_eq!(
+            sse_exchange(Some("deflate"), &compressed, &config),
+            want,
+            "zlib {zlib}"
+        );
+    }
+}
+
+#[test]
+fn a_gzip_stream_split_at_every_byte_gives_the_same_observation() {
+    let parts = stream_parts();
+    let part_bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    let len = gzip_parts(&part_bytes, true).0.len();
+    for i in 0..=len {
+        check_gzip_stream_cut_at(&[i]).unwrap();
+    }
+    check_gzip_stream_cut_at(&(1..len).collect::<Vec<_>>()).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_cuts_of_a_gzip_stream_give_the_plain_observation(
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..16),
+    ) {
+        let parts = stream_parts();
+        let part_bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        let len = gzip_parts(&part_bytes, true).0.len();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(len + 1)).collect();
+        points.sort_unstable();
+        check_gzip_stream_cut_at(&points)?;
+    }
+}
+
+#[test]
+fn a_corrupt_gzip_stream_keeps_what_came_before_and_is_not_an_abort() {
+    let config = cfg();
+    let parts = stream_parts();
+    let part_bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    let (gz, ends) = gzip_parts(&part_bytes, false);
+    // Three reasoning/answer events arrive intact, then garbage (a reserved deflate block type).
+    let mut body = gz[..ends[2]].to_vec();
+    body.extend_from_slice(&[0xff; 64]);
+    let obs = sse_exchange(
+        Some("gzip"),
+        &[(5, &body[..ends[2]]), (6, &body[ends[2]..])],
+        &config,
+    );
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::DecodeError]
+    );
+    assert_eq!((obs.token_events, obs.ttft_ms), (3, Some(5)));
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert!(!obs.usage_missing);
+    // Cut short: the end marker never came, and the compressed stream did not end either.
+    let obs = sse_exchange(Some("gzip"), &[(5, &gz[..ends[2]])], &config);
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::DecodeError]
+    );
+    assert_eq!(obs.token_events, 3);
+}
+
+#[test]
+fn a_compressed_stream_bomb_stops_at_its_bound() {
+    let config = Config {
+        max_response_body_bytes: 1024,
+        ..cfg()
+    };
+    let limit = 1024 * DECODED_STREAM_FACTOR as usize;
+    let first = content_event("a");
+    let mut body = first.clone().into_bytes();
+    body.extend(b": keep-alive\n".repeat(2 * limit / 13));
+    body.extend(usage_chunk(1).into_bytes());
+    let gz = gzip(&body);
+    let obs = sse_exchange(Some("gzip"), &[(1, &gz)], &config);
+    assert_eq!(
+        obs.errors.iter().collect::<Vec<_>>(),
+        vec![ErrorKind::ResponseTooLarge]
+    );
+    assert_eq!((obs.token_events, obs.usage), (1, None));
+    assert_eq!(obs.outcome, Outcome::Completed);
+    assert!(!obs.usage_missing);
+    // Under the bound the same stream is read to its end.
+    let config = Config {
+        max_response_body_bytes: 4096,
+        ..cfg()
+    };
+    let obs = sse_exchange(Some("gzip"), &[(1, &gz)], &config);
+    assert_eq!(obs.errors, ErrorSet::default());
+    assert_eq!(obs.usage.and_then(|u| u.output), Some(1));
+}
+
+#[test]
+fn an_encoded_response_holds_one_inflater_until_its_body_ends() {
+    let config = cfg();
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.response_headers(
+        Some(200),
+        Some("application/json"),
+        Some("gzip"),
+        false,
+        &config,
+    );
+    assert!(ex.inflater.is_some());
+    ex.response_body(&gzip(USAGE_JSON.as_bytes()), true, &config, &mut || 0);
+    assert!(ex.inflater.is_none());
+    // Identity responses never allocate one, nor do error statuses.
+    for (status, encoding) in [(200, None), (500, Some("gzip"))] {
+        let mut ex = Exchange::new(Api::ChatCompletions, 0);
+        ex.response_headers(
+            Some(status),
+            Some("application/json"),
+            encoding,
+            false,
+            &config,
+        );
+        assert!(ex.inflater.is_none());
+    }
 }

@@ -7,10 +7,11 @@
 //! flight through Envoy's own stats, which Prometheus scrapes from `/stats/prometheus`.
 //!
 //! It only observes: it never changes a byte, never pauses a stream, never answers a request itself.
-//! What it cannot read (an oversized body, a compressed response, a malformed event) it counts in
+//! What it cannot read (an oversized body, a body in an unknown `content-encoding`, a malformed event) it counts in
 //! `llm_filter_errors_total` and lets through.
 //!
 //! ## Layout: bytes in → events → observations → stats
+//! - [`encoding`]: gzip and deflate response bodies, inflated chunk by chunk into a private copy.
 //! - [`sse`]: incremental `text/event-stream` decoder (bytes → events), split-safe at any byte.
 //! - [`openai`]: narrow JSON views (request → model/stream, body/event → usage, token, end, error).
 //! - [`think`]: raw `<think>…</think>` tags in chat content (reasoning vs answer), split-safe.
@@ -40,6 +41,7 @@
 //! ```
 
 pub mod config;
+pub mod encoding;
 pub mod exchange;
 pub mod metrics;
 pub mod model;

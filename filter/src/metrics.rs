@@ -157,16 +157,18 @@ pub enum ErrorKind {
     ResponseTooLarge,
     EventTooLarge,
     EncodedBody,
+    DecodeError,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::RequestParse,
         ErrorKind::RequestTooLarge,
         ErrorKind::ResponseParse,
         ErrorKind::ResponseTooLarge,
         ErrorKind::EventTooLarge,
         ErrorKind::EncodedBody,
+        ErrorKind::DecodeError,
     ];
 
     pub const fn label(self) -> &'static str {
@@ -177,6 +179,7 @@ impl ErrorKind {
             ErrorKind::ResponseTooLarge => "response_too_large",
             ErrorKind::EventTooLarge => "event_too_large",
             ErrorKind::EncodedBody => "encoded_body",
+            ErrorKind::DecodeError => "decode_error",
         }
     }
 
