@@ -1261,3 +1261,81 @@ async fn tenant_labels_with(build: Build) -> Result<()> {
     );
     Ok(())
 }
+
+/// An HTTP/2 client (h2c, prior knowledge) cancels one stream mid-way with RST_STREAM and keeps its
+/// connection, as browsers, gRPC and h2 clients do: `outcome="client_abort"` (Envoy's flag `DR`), not
+/// `upstream_abort`, with the tokens seen so far; a second stream on the same connection completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_cancelled_by_the_client_is_a_client_abort() {
+    bounded(Duration::from_secs(120), async {
+        each_build(http2_cancel_with).await
+    })
+    .await;
+}
+
+async fn http2_cancel_with(build: Build) -> Result<()> {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::Request;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpStream;
+    let upstream = Upstream::start().await?;
+    // Three tokens at once, then the stream stays open (the client cancels it).
+    let mut held = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 3, 4);
+    held.chunks.truncate(4); // role chunk + 3 tokens
+    held.end = ScriptEnd::Hang;
+    upstream.add("held", held);
+    upstream.add(
+        "whole",
+        paced_stream(Duration::from_millis(1), Duration::from_millis(1), 3, 4),
+    );
+    let envoy = Envoy::start_build(build, upstream.port, "{}").await?;
+    let tcp = TcpStream::connect(("127.0.0.1", envoy.gateway_port)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    let conn = tokio::spawn(conn);
+    let req = |script: &str, model: &str| {
+        Request::post(format!(
+            "http://127.0.0.1:{}/v1/chat/completions",
+            envoy.gateway_port
+        ))
+        .header("content-type", "application/json")
+        .header(SCRIPT_HEADER, script)
+        .body(Full::new(Bytes::from(chat_request(model))))
+    };
+    let mut resp = sender.send_request(req("held", "h2-cancel")?).await?;
+    ensure!(resp.status() == 200, "status {}", resp.status());
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("tok2") {
+        match resp.body_mut().frame().await {
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    seen.extend_from_slice(&data);
+                }
+            }
+            None => bail!("the held stream ended before its third token"),
+        }
+    }
+    drop(resp); // RST_STREAM(CANCEL) for this stream only
+    let whole = sender.send_request(req("whole", "h2-whole")?).await?;
+    let body = whole.into_body().collect().await?.to_bytes();
+    ensure!(
+        body.ends_with(b"data: [DONE]\n\n"),
+        "the second stream on the connection did not complete"
+    );
+    envoy
+        .wait_for(Duration::from_secs(5), |s| {
+            let cancelled = s.sum("llm_requests_total", &[("model", "h2-cancel"), ("outcome", "client_abort")]);
+            let all = s.sum("llm_requests_total", &[("model", "h2-cancel")]);
+            let est = s.sum("llm_tokens_total", &[("model", "h2-cancel"), ("token_type", "output"), ("source", "estimated")]);
+            let whole = s.sum("llm_requests_total", &[("model", "h2-whole"), ("outcome", "completed")]);
+            if (cancelled, all, est, whole) == (1.0, 1.0, 3.0, 1.0) {
+                Ok(())
+            } else {
+                Err(format!("h2-cancel client_abort {cancelled} of {all}, estimated output {est}; h2-whole completed {whole} (want 1 of 1, 3; 1)"))
+            }
+        })
+        .await?;
+    drop(sender);
+    conn.abort();
+    Ok(())
+}
