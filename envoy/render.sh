@@ -22,6 +22,8 @@
 #   WASM_FILE         filter module path              (target/wasm32-wasip1/release/llm_metrics_filter.wasm,
 #                     relative to the directory Envoy starts in; absolute to start elsewhere) envoy
 #   FILTER_CONFIG     the filter's JSON configuration ({})                          envoy
+#   ROUTE_TIMEOUT     the gateway route's timeout for a whole response (0s: none)    envoy
+#   STREAM_IDLE_TIMEOUT  how long a stream may move no byte (600s)                   envoy
 #   SCRAPE_INTERVAL   scrape and rule evaluation interval (5s)                      prometheus
 #   ALERTMANAGER_PORT where alerts are sent           (9093)                        prometheus
 # The rendered prometheus.yml names alerts.yml by absolute path, so it can be written anywhere.
@@ -76,6 +78,13 @@ if [ "$kind" != prometheus ]; then
         [[ "$WASM_FILE" != *[\'\"$'\n']* ]] || fail "WASM_FILE must not contain quotes or newlines"
         replace WASM_FILE "filename: target/wasm32-wasip1/release/llm_metrics_filter.wasm" "filename: '$WASM_FILE'" 1
     fi
+    for v in ROUTE_TIMEOUT STREAM_IDLE_TIMEOUT; do
+        if [ -n "${!v:-}" ] && ! [[ "${!v}" =~ ^[0-9]+(\.[0-9]+)?s$ ]]; then
+            fail "$v must be a duration in seconds like 30s or 0.5s, got '${!v}'"
+        fi
+    done
+    [ -z "${ROUTE_TIMEOUT:-}" ] || replace ROUTE_TIMEOUT "timeout: 0s" "timeout: $ROUTE_TIMEOUT" 1
+    [ -z "${STREAM_IDLE_TIMEOUT:-}" ] || replace STREAM_IDLE_TIMEOUT "stream_idle_timeout: 600s" "stream_idle_timeout: $STREAM_IDLE_TIMEOUT" 1
     if [ -n "${FILTER_CONFIG:-}" ]; then
         [[ "$FILTER_CONFIG" != *$'\n'* ]] || fail "FILTER_CONFIG must be one line of JSON"
         # YAML single-quoted scalar: the only escape is '' for '.

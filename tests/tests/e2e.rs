@@ -1143,13 +1143,11 @@ async fn tenant_labels_with(build: Build) -> Result<()> {
     let config = json!({"label_headers": [
         {"header": "x-tenant", "label": "tenant", "max_values": 2},
         {"header": "authorization", "label": "api_key", "hash": true}]});
-    let envoy = Envoy::start_with_labels(
-        build,
-        upstream.port,
-        &config.to_string(),
-        &["tenant", "api_key"],
-    )
-    .await?;
+    let setup = Setup {
+        extra_labels: &["tenant", "api_key"],
+        ..Setup::default()
+    };
+    let envoy = Envoy::start_with(build, upstream.port, &config.to_string(), &setup).await?;
     let req = serde_json::to_vec(&json!({"model": "tenant-model", "messages": []}))?;
     for tenant in [
         Some("acme"),
@@ -1337,5 +1335,128 @@ async fn http2_cancel_with(build: Build) -> Result<()> {
         .await?;
     drop(sender);
     conn.abort();
+    Ok(())
+}
+
+/// Envoy's own timers end requests: the route timeout (Envoy answers 504 itself, flag `UT`) and the
+/// stream idle timeout cutting a stream that stopped mid-answer (flag `SI`) are `outcome="timeout"`,
+/// not `error` or `upstream_abort`, and the stalled stream keeps the tokens it had. A 504 the upstream
+/// sends itself stays an `error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_route_and_idle_timeouts_are_timeouts() {
+    bounded(Duration::from_secs(120), async {
+        each_build(timeouts_with).await
+    })
+    .await;
+}
+
+async fn timeouts_with(build: Build) -> Result<()> {
+    let upstream = Upstream::start().await?;
+    // No response at all within the route timeout: Envoy answers 504 itself.
+    let mut silent = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 2, 4);
+    silent
+        .headers
+        .push((HEADERS_AFTER_MS.into(), "5000".into()));
+    upstream.add("silent", silent);
+    // Two tokens, then nothing: the idle timeout ends it.
+    let mut stalls = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 3, 4);
+    stalls.chunks.truncate(3); // role chunk + 2 tokens
+    stalls.end = ScriptEnd::Hang;
+    upstream.add("stalls", stalls);
+    upstream.add(
+        "upstream504",
+        Script::chunked(
+            504,
+            vec![("content-type".into(), "application/json".into())],
+            br#"{"error":{"message":"gateway timeout"}}"#,
+            &[4096],
+            Duration::ZERO,
+        ),
+    );
+    // One gateway with a route timeout, one with a stream idle timeout, so each timer is the one
+    // that fires.
+    let route = Setup {
+        render_env: &[("ROUTE_TIMEOUT", "0.5s")],
+        ..Setup::default()
+    };
+    let idle = Setup {
+        render_env: &[("STREAM_IDLE_TIMEOUT", "0.5s")],
+        ..Setup::default()
+    };
+    let route = Envoy::start_with(build, upstream.port, "{}", &route).await?;
+    let idle = Envoy::start_with(build, upstream.port, "{}", &idle).await?;
+    let send = |envoy: &Envoy, script: &'static str, model: &'static str| {
+        let port = envoy.gateway_port;
+        async move {
+            let headers = [
+                ("content-type", "application/json"),
+                (SCRIPT_HEADER, script),
+            ];
+            request(
+                port,
+                "POST",
+                "/v1/chat/completions",
+                &headers,
+                chat_request(model),
+            )
+            .await
+        }
+    };
+    let r = send(&route, "silent", "route-timeout").await?;
+    ensure!(
+        r.status == 504,
+        "Envoy's route timeout answered {}",
+        r.status
+    );
+    ensure!(
+        send(&route, "upstream504", "upstream-504").await?.status == 504,
+        "upstream 504 not passed on"
+    );
+    ensure!(
+        send(&idle, "stalls", "idle-timeout").await.is_err(),
+        "a stalled stream ended normally"
+    );
+    let got = |s: &Scrape, model: &str, outcome: &str| {
+        s.sum(
+            "llm_requests_total",
+            &[("model", model), ("outcome", outcome)],
+        )
+    };
+    route
+        .wait_for(Duration::from_secs(5), |s| {
+            let found = (
+                got(s, "route-timeout", "timeout"),
+                got(s, "upstream-504", "error"),
+            );
+            if found == (1.0, 1.0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "route timeout {}, upstream 504 error {} (want 1, 1)",
+                    found.0, found.1
+                ))
+            }
+        })
+        .await?;
+    idle.wait_for(Duration::from_secs(5), |s| {
+        let est = s.sum(
+            "llm_tokens_total",
+            &[
+                ("model", "idle-timeout"),
+                ("token_type", "output"),
+                ("source", "estimated"),
+            ],
+        );
+        let found = (got(s, "idle-timeout", "timeout"), est);
+        if found == (1.0, 2.0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "idle timeout {}, its estimated output {} (want 1, 2)",
+                found.0, found.1
+            ))
+        }
+    })
+    .await?;
     Ok(())
 }

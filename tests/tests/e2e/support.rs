@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 
 /// The header that names the script the scripted upstream answers a request with.
 pub const SCRIPT_HEADER: &str = "x-e2e-script";
+/// A script header (not sent) that makes the upstream wait this many milliseconds before answering.
+pub const HEADERS_AFTER_MS: &str = "x-e2e-headers-after-ms";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -207,6 +209,16 @@ where
     }
 }
 
+/// Gateway settings beyond the filter's configuration.
+#[derive(Debug, Default)]
+pub struct Setup<'a> {
+    /// Labels from `label_headers`: for the wasm build each gets the `stats_tags` line the README
+    /// tells users to add (the native build needs none).
+    pub extra_labels: &'a [&'a str],
+    /// More `envoy/render.sh` variables, e.g. `ROUTE_TIMEOUT`, `STREAM_IDLE_TIMEOUT`.
+    pub render_env: &'a [(&'a str, &'a str)],
+}
+
 /// A real Envoy 1.40 with one build of the filter, configured by `envoy/render.sh` from
 /// `envoy/envoy.yaml` (wasm) or `envoy/envoy-dynamic-module.yaml` (native).
 pub struct Envoy {
@@ -230,24 +242,22 @@ impl Envoy {
         upstream_port: u16,
         filter_config: &str,
     ) -> Result<Envoy> {
-        Envoy::start_with_labels(build, upstream_port, filter_config, &[]).await
+        Envoy::start_with(build, upstream_port, filter_config, &Setup::default()).await
     }
 
-    /// As [`Envoy::start_build`], for a filter configuration with `label_headers`: for the wasm build
-    /// each of `extra_labels` gets the `stats_tags` line the README tells users to add (the native
-    /// build needs none).
-    pub async fn start_with_labels(
+    /// As [`Envoy::start_build`], with more of the gateway's settings (see [`Setup`]).
+    pub async fn start_with(
         build: Build,
         upstream_port: u16,
         filter_config: &str,
-        extra_labels: &[&str],
+        setup: &Setup<'_>,
     ) -> Result<Envoy> {
         // A port picked by free_port() can be taken by someone else before Envoy binds it; only
         // that failure is retried, with new ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Envoy::start_once(build, upstream_port, filter_config, extra_labels).await {
+            match Envoy::start_once(build, upstream_port, filter_config, setup).await {
                 Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
                     continue
                 }
@@ -260,7 +270,7 @@ impl Envoy {
         build: Build,
         upstream_port: u16,
         filter_config: &str,
-        extra_labels: &[&str],
+        setup: &Setup<'_>,
     ) -> Result<Envoy> {
         let envoy = envoy_bin()?;
         let dir = tempfile::Builder::new().prefix("e2e-envoy-").tempdir()?;
@@ -271,7 +281,8 @@ impl Envoy {
             .env("ADMIN_PORT", admin_port.to_string())
             .env("METRICS_PORT", metrics_port.to_string())
             .env("UPSTREAM_PORT", upstream_port.to_string())
-            .env("FILTER_CONFIG", filter_config);
+            .env("FILTER_CONFIG", filter_config)
+            .envs(setup.render_env.iter().copied());
         let mut cmd = Command::new(envoy);
         match build {
             Build::Wasm => {
@@ -291,7 +302,7 @@ impl Envoy {
         }
         let mut yaml = String::from_utf8(out.stdout).context("render.sh output")?;
         let kind_tag = "    - { tag_name: kind, regex: \"(kind=\\\\.=(.*?);\\\\.;)\" }\n";
-        for label in extra_labels.iter().filter(|_| build == Build::Wasm) {
+        for label in setup.extra_labels.iter().filter(|_| build == Build::Wasm) {
             ensure!(
                 yaml.contains(kind_tag),
                 "no `kind` stats_tags line in the rendered config"
@@ -784,12 +795,20 @@ async fn respond(
         )],
         end: ScriptEnd::Complete,
     });
+    // A script can hold its response headers back (an upstream that is slow to answer at all).
+    if let Some((_, ms)) = script.headers.iter().find(|(k, _)| k == HEADERS_AFTER_MS) {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
     let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
     let mut resp = Response::builder().status(script.status);
     for (k, v) in &script.headers {
         let k = k.to_ascii_lowercase();
         // Framing is hyper's: the body is always chunked.
-        if k != "content-length" && k != "transfer-encoding" && k != "connection" {
+        if k != "content-length"
+            && k != "transfer-encoding"
+            && k != "connection"
+            && k != HEADERS_AFTER_MS
+        {
             resp = resp.header(k, v);
         }
     }
