@@ -2,20 +2,21 @@
 """What per-model LLM metrics cost inside Envoy: worker CPU per request, added p99 latency and memory
 per open stream, for our filter's two builds and for the stock-Envoy stack that does the same job.
 
-Five Envoy 1.40 processes run side by side, each with --concurrency 1, in front of one local upstream
+Six Envoy 1.40 processes run side by side, each with --concurrency 1, in front of one local upstream
 that serves canned OpenAI-style responses:
 
   alone        envoy/envoy.yaml rendered, wasm filter removed;
   wasm_idle    the .wasm configured to watch a path that never matches (the fixed cost of any
                proxy-wasm filter: context creation and one V8 call per callback);
   wasm_on      the .wasm, default configuration {};
-  native_on    envoy/envoy-dynamic-module.yaml: libllm_metrics_filter.so as an Envoy dynamic module,
-               default configuration {};
+  native_idle  envoy/envoy-dynamic-module.yaml: libllm_metrics_filter.so as an Envoy dynamic module,
+               watching a path that never matches (the fixed cost of a dynamic-module filter);
+  native_on    the same module, default configuration {};
   stock        no filter of ours: json_to_metadata (request `model`) + ai_protocol_manager (usage
                from JSON and SSE into typed metadata envoy.ai.token_usage) + the stats access logger
                (per-model request, input- and output-token counters, tags from metadata / %CEL()%).
 
-The workloads are driven through all five in rounds, in an order that rotates every round, so
+The workloads are driven through all six in rounds, in an order that rotates every round, so
 background noise hits all alike. Each Envoy's on-CPU time is read from /proc/<pid>/task/*/schedstat
 (its worker thread, which runs every filter callback) around every batch; the client records each
 request's latency. Workloads: a non-streaming chat completion (~1 KiB JSON response); 16- and
@@ -155,9 +156,10 @@ class UpstreamServer(http.server.ThreadingHTTPServer):
 # ---------------------------------------------------------------------------------------------------
 # Configurations
 
-VARIANTS = ["alone", "wasm_idle", "wasm_on", "native_on", "stock"]
+VARIANTS = ["alone", "wasm_idle", "wasm_on", "native_idle", "native_on", "stock"]
 LABELS = {"alone": "Envoy alone", "wasm_idle": "wasm idle", "wasm_on": "wasm on",
-          "native_on": "native on", "stock": "stock stack"}
+          "native_idle": "native idle", "native_on": "native on", "stock": "stock stack"}
+NATIVE = ("native_idle", "native_on")
 WASM_IDLE_CONFIG = '{"paths": {"/never-matches": "completions"}}'
 
 # The stock-Envoy stack a capable user would configure for per-model request and token counters
@@ -234,8 +236,10 @@ def render_kind(kind, env):
 def render(variant, gateway, admin, metrics, upstream, wasm):
     env = dict(os.environ, GATEWAY_PORT=str(gateway), ADMIN_PORT=str(admin), METRICS_PORT=str(metrics),
                UPSTREAM_PORT=str(upstream), FILTER_CONFIG="{}")
-    if variant == "native_on":
+    if variant in NATIVE:
         env.pop("WASM_FILE", None)
+        if variant == "native_idle":
+            env["FILTER_CONFIG"] = WASM_IDLE_CONFIG
         return render_kind("dynamic-module", env)
     env["WASM_FILE"] = wasm
     if variant == "wasm_idle":
@@ -440,7 +444,7 @@ def write_svg(path, res):
     """Grouped bars: worker CPU per request relative to Envoy alone, per workload, one bar per
     variant (alone = 1.0 drawn too, as the reference)."""
     colors = {"alone": "#9e9e9e", "wasm_idle": "#90caf9", "wasm_on": "#1e88e5",
-              "native_on": "#43a047", "stock": "#e53935"}
+              "native_idle": "#a5d6a7", "native_on": "#43a047", "stock": "#e53935"}
     workloads = list(res["workloads"])
     ratios = {(w, v): res["workloads"][w][v]["ratio"] for w in workloads for v in VARIANTS}
     top = max(2.0, max(ratios.values()) * 1.1)
@@ -496,11 +500,12 @@ def print_tables(res):
     wl = res["workloads"]
     print(f"\nEnvoy worker CPU per request (µs) and ratio to Envoy alone, {res['rounds']} interleaved rounds, "
           "--concurrency 1")
-    print(f"{'workload':<24}" + "".join(f"{LABELS[v]:>19}" for v in VARIANTS) + f"{'wasm own':>10}")
+    print(f"{'workload':<24}" + "".join(f"{LABELS[v]:>19}" for v in VARIANTS)
+          + f"{'wasm own':>10}{'native own':>12}")
     for w, d in wl.items():
         cells = "".join(f"{d[v]['cpu_us']:>10.1f} (×{d[v]['ratio']:.2f})" for v in VARIANTS)
-        print(f"{w:<24}{cells}{100 * d['wasm_own_work']:>9.1f}%")
-    print("  (wasm own = (wasm on − wasm idle) / Envoy alone)")
+        print(f"{w:<24}{cells}{100 * d['wasm_own_work']:>9.1f}%{100 * d['native_own_work']:>11.1f}%")
+    print("  (own = (on − idle) / Envoy alone, for each build)")
     print("\nWorker read syscalls per request (≈ body callbacks; similar across variants = same pacing)")
     print(f"{'workload':<24}" + "".join(f"{LABELS[v]:>13}" for v in VARIANTS))
     for w, d in wl.items():
@@ -597,7 +602,7 @@ def main():
             with open(cfg, "w") as f:
                 f.write(render(v, gw, adm, met, up_port, wasm))
             env = dict(os.environ)
-            if v == "native_on":
+            if v in NATIVE:
                 env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = module_dir
             if v == "stock":
                 r = subprocess.run([ENVOY, "--mode", "validate", "-c", cfg, "-l", "error"], cwd=ROOT,
@@ -671,6 +676,7 @@ def main():
                 d[v]["p99_added_ms"] = d[v]["p99_ms"] - d["alone"]["p99_ms"]
                 d[v]["p50_added_ms"] = d[v]["p50_ms"] - d["alone"]["p50_ms"]
             d["wasm_own_work"] = (d["wasm_on"]["cpu_us"] - d["wasm_idle"]["cpu_us"]) / d["alone"]["cpu_us"]
+            d["native_own_work"] = (d["native_on"]["cpu_us"] - d["native_idle"]["cpu_us"]) / d["alone"]["cpu_us"]
             res["workloads"][w] = d
 
         # Errors the Envoys logged (the dynamic module's, verbatim).
