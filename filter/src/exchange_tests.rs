@@ -1230,6 +1230,22 @@ fn per_stream_state_is_small() {
     assert!(decoder <= 160, "Decoder is {decoder} bytes");
 }
 
+/// A chat stream that has sent one token event (at 1 ms) and not ended.
+fn stream_with_one_token(config: &Config) -> Exchange {
+    let mut ex = Exchange::new(Api::ChatCompletions, 0);
+    ex.request_body(br#"{"model":"m","stream":true}"#, true, config, &mut |_| {
+        ModelId(2)
+    });
+    ex.response_headers(Some(200), Some("text/event-stream"), None, false, config);
+    ex.response_body(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+        false,
+        config,
+        &mut || MS,
+    );
+    ex
+}
+
 #[test]
 fn envoys_own_timeouts_are_timeouts_not_errors_or_aborts() {
     let config = Config::default();
@@ -1250,20 +1266,7 @@ fn envoys_own_timeouts_are_timeouts_not_errors_or_aborts() {
     ex.response_headers(Some(504), Some("application/json"), None, true, &config);
     assert_eq!(ex.finish(MS, &mut || 0).outcome, Outcome::Error);
     // The stream idle timeout cut a stream mid-way (flag SI): a timeout, with the tokens seen.
-    let mut ex = Exchange::new(Api::ChatCompletions, 0);
-    ex.request_body(
-        br#"{"model":"m","stream":true}"#,
-        true,
-        &config,
-        &mut |_| ModelId(2),
-    );
-    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-    ex.response_body(
-        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
-        false,
-        &config,
-        &mut || MS,
-    );
+    let mut ex = stream_with_one_token(&config);
     let obs = ex.finish(9 * MS, &mut || 0x1_0000);
     assert_eq!(obs.outcome, Outcome::Timeout);
     assert_eq!(obs.token_events, 1);
@@ -1272,20 +1275,7 @@ fn envoys_own_timeouts_are_timeouts_not_errors_or_aborts() {
 #[test]
 fn an_http2_client_resetting_its_stream_is_a_client_abort() {
     let config = Config::default();
-    let mut ex = Exchange::new(Api::ChatCompletions, 0);
-    ex.request_body(
-        br#"{"model":"m","stream":true}"#,
-        true,
-        &config,
-        &mut |_| ModelId(2),
-    );
-    ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-    ex.response_body(
-        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
-        false,
-        &config,
-        &mut || MS,
-    );
+    let mut ex = stream_with_one_token(&config);
     // Envoy's flag DR (downstream remote reset): RST_STREAM from an HTTP/2 client.
     assert_eq!(
         ex.finish(2 * MS, &mut || 0x1000_0000).outcome,

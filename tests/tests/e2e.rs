@@ -299,6 +299,15 @@ fn paced_stream(first: Duration, gap: Duration, tokens: u32, prompt: u64) -> Scr
     }
 }
 
+/// The role chunk and `tokens` content chunks 1 ms apart, then the upstream holds the stream open
+/// and sends nothing more.
+fn tokens_then_silence(tokens: usize) -> Script {
+    let mut s = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 6, 4);
+    s.chunks.truncate(1 + tokens);
+    s.end = ScriptEnd::Hang;
+    s
+}
+
 fn chat_request(model: &str) -> Vec<u8> {
     serde_json::to_vec(
         &json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
@@ -1278,10 +1287,7 @@ async fn http2_cancel_with(build: Build) -> Result<()> {
     use tokio::net::TcpStream;
     let upstream = Upstream::start().await?;
     // Three tokens at once, then the stream stays open (the client cancels it).
-    let mut held = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 3, 4);
-    held.chunks.truncate(4); // role chunk + 3 tokens
-    held.end = ScriptEnd::Hang;
-    upstream.add("held", held);
+    upstream.add("held", tokens_then_silence(3));
     upstream.add(
         "whole",
         paced_stream(Duration::from_millis(1), Duration::from_millis(1), 3, 4),
@@ -1359,10 +1365,7 @@ async fn timeouts_with(build: Build) -> Result<()> {
         .push((HEADERS_AFTER_MS.into(), "5000".into()));
     upstream.add("silent", silent);
     // Two tokens, then nothing: the idle timeout ends it.
-    let mut stalls = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 3, 4);
-    stalls.chunks.truncate(3); // role chunk + 2 tokens
-    stalls.end = ScriptEnd::Hang;
-    upstream.add("stalls", stalls);
+    upstream.add("stalls", tokens_then_silence(2));
     upstream.add(
         "upstream504",
         Script::chunked(
