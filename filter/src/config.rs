@@ -40,6 +40,12 @@ pub struct Config {
     pub paths: Vec<(String, Api)>,
     /// Extra labels read from request headers (`label_headers`), in configuration order.
     pub label_headers: Vec<LabelHeader>,
+    /// Add `stream_options.include_usage` to streaming chat and completions requests that lack it,
+    /// and remove what it adds from their responses (see [`crate::inject`]).
+    pub inject_stream_usage: bool,
+    /// The largest request body held to add the option; larger requests pass untouched. Keep it
+    /// well below Envoy's `per_connection_buffer_limit_bytes` (a body held beyond that is a 413).
+    pub inject_max_request_bytes: usize,
 }
 
 /// One `label_headers` entry: a request header whose value becomes the label `label` on every
@@ -74,6 +80,8 @@ impl Default for Config {
                 ("/messages".to_owned(), Api::Messages),
             ]),
             label_headers: Vec::new(),
+            inject_stream_usage: false,
+            inject_max_request_bytes: 256 << 10,
         }
     }
 }
@@ -103,6 +111,8 @@ struct RawConfig {
     max_event_bytes: Option<usize>,
     paths: Option<BTreeMap<String, String>>,
     label_headers: Option<Vec<RawLabelHeader>>,
+    inject_stream_usage: Option<bool>,
+    inject_max_request_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +260,13 @@ impl TryFrom<RawConfig> for Config {
             )?,
             paths,
             label_headers,
+            inject_stream_usage: raw.inject_stream_usage.unwrap_or(d.inject_stream_usage),
+            inject_max_request_bytes: bounded(
+                "inject_max_request_bytes",
+                raw.inject_max_request_bytes,
+                d.inject_max_request_bytes,
+                MAX_BYTES_LIMIT,
+            )?,
         })
     }
 }
@@ -722,5 +739,21 @@ mod tests {
         assert!(e.message.contains("header"), "{e}");
         let e = label_error(r#"{"label_headers":[{"header":"x-a","label":"t","hash":"yes"}]}"#);
         assert_eq!(e.field, "label_headers[0].hash");
+    }
+
+    #[test]
+    fn inject_stream_usage_is_off_by_default_and_its_fields_are_checked() {
+        let d = Config::default();
+        assert!(!d.inject_stream_usage);
+        assert_eq!(d.inject_max_request_bytes, 256 << 10);
+        let c = Config::parse(br#"{"inject_stream_usage":true,"inject_max_request_bytes":4096}"#)
+            .unwrap_or_default();
+        assert!(c.inject_stream_usage);
+        assert_eq!(c.inject_max_request_bytes, 4096);
+        let e = Config::parse(br#"{"inject_stream_usage":"yes"}"#).unwrap_err();
+        assert_eq!(e.field, "inject_stream_usage");
+        let e = Config::parse(br#"{"inject_max_request_bytes":0}"#).unwrap_err();
+        assert_eq!(e.field, "inject_max_request_bytes");
+        assert!(e.message.contains('0'), "{e}");
     }
 }

@@ -92,9 +92,13 @@ pub mod abi {
         };
 
         pub fn of(s: &str) -> ModuleBuffer {
+            ModuleBuffer::of_bytes(s.as_bytes())
+        }
+
+        pub fn of_bytes(b: &[u8]) -> ModuleBuffer {
             ModuleBuffer {
-                ptr: s.as_ptr(),
-                length: s.len(),
+                ptr: b.as_ptr(),
+                length: b.len(),
             }
         }
     }
@@ -104,6 +108,7 @@ pub mod abi {
     pub const RESPONSE_HEADER: u32 = 2;
     /// `envoy_dynamic_module_type_http_body_type`.
     pub const RECEIVED_REQUEST_BODY: u32 = 0;
+    pub const BUFFERED_REQUEST_BODY: u32 = 1;
     pub const RECEIVED_RESPONSE_BODY: u32 = 2;
     /// `envoy_dynamic_module_type_attribute_id_ResponseFlags`.
     pub const ATTRIBUTE_RESPONSE_FLAGS: u32 = 17;
@@ -114,6 +119,10 @@ pub mod abi {
     pub const METRICS_SUCCESS: u32 = 0;
     /// `..._on_http_filter_*_status_Continue` (every filter status enum starts with it).
     pub const CONTINUE: u32 = 0;
+    /// `..._request_headers_status_StopIteration` (`inject_stream_usage` holds the headers).
+    pub const STOP_ITERATION: u32 = 1;
+    /// `..._request_body_status_StopIterationAndBuffer` (and the body with them).
+    pub const STOP_ITERATION_AND_BUFFER: u32 = 1;
 
     extern "C" {
         pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
@@ -178,6 +187,22 @@ pub mod abi {
             optional_size: *mut usize,
         ) -> bool;
 
+        pub fn envoy_dynamic_module_callback_http_set_header(
+            filter: FilterEnvoyPtr,
+            header_type: u32,
+            key: ModuleBuffer,
+            value: ModuleBuffer,
+        ) -> bool;
+        pub fn envoy_dynamic_module_callback_http_append_body(
+            filter: FilterEnvoyPtr,
+            body_type: u32,
+            data: ModuleBuffer,
+        ) -> bool;
+        pub fn envoy_dynamic_module_callback_http_drain_body(
+            filter: FilterEnvoyPtr,
+            body_type: u32,
+            number_of_bytes: usize,
+        ) -> bool;
         pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
             filter: FilterEnvoyPtr,
             body_type: u32,
@@ -461,6 +486,17 @@ fn header_str(envoy: FilterEnvoyPtr, map: u32, name: &str) -> Option<&'static st
     header(envoy, map, name).and_then(|v| std::str::from_utf8(v).ok())
 }
 
+/// Appends the bytes of a body past its first `skip` to `out`; returns the body's whole length.
+fn body_from(envoy: FilterEnvoyPtr, body_type: u32, skip: usize, out: &mut Vec<u8>) -> usize {
+    let mut offset = 0;
+    for_each_body_slice(envoy, body_type, |slice, _| {
+        let from = skip.saturating_sub(offset).min(slice.len());
+        out.extend_from_slice(slice.get(from..).unwrap_or_default());
+        offset += slice.len();
+    });
+    offset
+}
+
 /// Most body slices read without allocating; a body in more slices (rare) goes through a `Vec`.
 const INLINE_SLICES: usize = 8;
 
@@ -595,18 +631,84 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: abi
 }
 
 /// Runs a stream hook on the module's filter behind `module` (nothing when there is none) and
-/// answers Envoy's "continue": the filter never stops, buffers or alters a stream.
+/// answers Envoy's "continue": the filter never stops, buffers or alters a stream (beyond
+/// `inject_stream_usage`, whose hooks use [`on_stream_status`]).
 ///
 /// # Safety
 /// `module` must be a live pointer returned by `envoy_dynamic_module_on_http_filter_new`.
 unsafe fn on_stream(module: abi::FilterModulePtr, hook: impl FnOnce(&mut Filter)) -> u32 {
+    // SAFETY: the same contract.
+    unsafe {
+        on_stream_status(module, |f| {
+            hook(f);
+            abi::CONTINUE
+        })
+    }
+}
+
+/// [`on_stream`] for a hook that picks its status; a panic (or no filter) still answers "continue".
+///
+/// # Safety
+/// As for [`on_stream`].
+unsafe fn on_stream_status(
+    module: abi::FilterModulePtr,
+    hook: impl FnOnce(&mut Filter) -> u32,
+) -> u32 {
     guard(abi::CONTINUE, || {
         // SAFETY: see the function's contract.
-        if let Some(f) = unsafe { filter(module) } {
-            hook(f);
+        match unsafe { filter(module) } {
+            Some(f) => hook(f),
+            None => abi::CONTINUE,
         }
-        abi::CONTINUE
     })
+}
+
+/// Replaces the body Envoy holds for this stream (what it buffered, and the chunk of this hook)
+/// with `body`, and its `content-length` when it has one (`inject_stream_usage`).
+fn replace_request_body(envoy: FilterEnvoyPtr, buffered: usize, received: usize, body: &[u8]) {
+    // SAFETY: `envoy` is the live filter pointer; `body` and the header strings outlive the calls.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_drain_body(
+            envoy,
+            abi::BUFFERED_REQUEST_BODY,
+            buffered,
+        );
+        abi::envoy_dynamic_module_callback_http_drain_body(
+            envoy,
+            abi::RECEIVED_REQUEST_BODY,
+            received,
+        );
+        abi::envoy_dynamic_module_callback_http_append_body(
+            envoy,
+            abi::RECEIVED_REQUEST_BODY,
+            ModuleBuffer::of_bytes(body),
+        );
+    }
+    if header(envoy, abi::REQUEST_HEADER, "content-length").is_some() {
+        let length = body.len().to_string();
+        // SAFETY: as above.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                envoy,
+                abi::REQUEST_HEADER,
+                ModuleBuffer::of("content-length"),
+                ModuleBuffer::of(&length),
+            )
+        };
+    }
+}
+
+/// Replaces the response chunk of this hook (`len` bytes) with `data`.
+fn replace_response_chunk(envoy: FilterEnvoyPtr, len: usize, data: &[u8]) {
+    // SAFETY: `envoy` is the live filter pointer; `data` outlives the calls.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_drain_body(envoy, abi::RECEIVED_RESPONSE_BODY, len);
+        abi::envoy_dynamic_module_callback_http_append_body(
+            envoy,
+            abi::RECEIVED_RESPONSE_BODY,
+            ModuleBuffer::of_bytes(data),
+        );
+    }
 }
 
 impl Filter {
@@ -626,20 +728,28 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     module: abi::FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    on_stream(module, |f| {
+    on_stream_status(module, |f| {
         let Some(api) = header_str(envoy, abi::REQUEST_HEADER, ":path")
             .and_then(|p| f.config().config.api_for_path(p))
         else {
-            return;
+            return abi::CONTINUE;
         };
         if header(envoy, abi::REQUEST_HEADER, ":method") != Some(b"POST") {
-            return;
+            return abi::CONTINUE;
         }
         let mut ex = Exchange::new(api, now_ns());
         ex.set_labels(f.config().resolve_labels(envoy));
+        let content_length = header_str(envoy, abi::REQUEST_HEADER, "content-length");
+        let hold = ex.hold_request(&f.config().config, content_length, end_of_stream);
         f.exchange = Some(ex);
         if end_of_stream {
             f.request_chunk(envoy, &[], true);
+        }
+        if hold {
+            // `inject_stream_usage`: the headers wait until the body has been read (and rewritten).
+            abi::STOP_ITERATION
+        } else {
+            abi::CONTINUE
         }
     })
 }
@@ -652,15 +762,37 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     module: abi::FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    on_stream(module, |f| {
-        if f.exchange
-            .as_ref()
-            .is_some_and(Exchange::wants_request_body)
-        {
+    on_stream_status(module, |f| {
+        let Some(ex) = f.exchange.as_ref() else {
+            return abi::CONTINUE;
+        };
+        if ex.holding_request() {
+            // A held body is in two parts: what Envoy buffered (from earlier hooks and, at the end
+            // of the stream, also this hook's chunk) and the chunk of this hook. The bytes not yet
+            // read are those past what was already read, in that order.
+            let seen = ex.held_request_bytes();
+            let mut new = Vec::new();
+            let buffered = body_from(envoy, abi::BUFFERED_REQUEST_BODY, seen, &mut new);
+            let received = body_from(envoy, abi::RECEIVED_REQUEST_BODY, 0, &mut new);
+            f.request_chunk(envoy, &new, end_of_stream);
+            let Some(ex) = f.exchange.as_mut() else {
+                return abi::CONTINUE;
+            };
+            if let Some(body) = ex.take_rewritten_request() {
+                replace_request_body(envoy, buffered, received, &body);
+            }
+            return if ex.holding_request() {
+                abi::STOP_ITERATION_AND_BUFFER
+            } else {
+                abi::CONTINUE
+            };
+        }
+        if ex.wants_request_body() {
             for_each_body_slice(envoy, abi::RECEIVED_REQUEST_BODY, |chunk, last| {
                 f.request_chunk(envoy, chunk, end_of_stream && last);
             });
         }
+        abi::CONTINUE
     })
 }
 
@@ -672,11 +804,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     module: abi::FilterModulePtr,
 ) -> u32 {
     on_stream(module, |f| {
-        if f.exchange
-            .as_ref()
-            .is_some_and(Exchange::wants_request_body)
-        {
-            f.request_chunk(envoy, &[], true);
+        if let Some(ex) = f.exchange.as_mut() {
+            // A held body that ends with trailers goes on as it is.
+            ex.release_request();
+            if ex.wants_request_body() {
+                f.request_chunk(envoy, &[], true);
+            }
         }
     })
 }
@@ -719,7 +852,28 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         let (config, Some(ex)) = f.parts() else {
             return;
         };
-        if ex.wants_response_body() {
+        if ex.rewrites_response() {
+            let (mut len, mut out, mut changed) = (0, Vec::new(), false);
+            for_each_body_slice(envoy, abi::RECEIVED_RESPONSE_BODY, |chunk, last| {
+                let end = end_of_stream && last;
+                if ex.wants_response_body() {
+                    ex.response_body(chunk, end, &config.config, &mut now_ns);
+                } else if end {
+                    ex.response_end();
+                }
+                len += chunk.len();
+                match ex.rewrite_response(chunk, end) {
+                    Some(bytes) => {
+                        changed = true;
+                        out.extend_from_slice(&bytes);
+                    }
+                    None => out.extend_from_slice(chunk),
+                }
+            });
+            if changed {
+                replace_response_chunk(envoy, len, &out);
+            }
+        } else if ex.wants_response_body() {
             for_each_body_slice(envoy, abi::RECEIVED_RESPONSE_BODY, |chunk, last| {
                 ex.response_body(chunk, end_of_stream && last, &config.config, &mut now_ns);
             });

@@ -17,9 +17,15 @@
 //! decodes into its bounded buffer). Nothing grows with the number of stream events. Parsing an
 //! event allocates only when a chat `content` string has JSON escapes (its unescaped copy, freed with
 //! the event).
+//!
+//! `inject_stream_usage` adds, only on the exchanges it applies to, one boxed state: while the
+//! request is held, a count (Envoy holds the body itself, at most `inject_max_request_bytes`); then
+//! the rewritten body until the shell takes it (the body plus 39 bytes); then, on a plain event
+//! stream, the [`UsageStripper`] and the incomplete event it holds back (at most `max_event_bytes`).
 
 use crate::config::Config;
 use crate::encoding::{self, BodyCoding, Inflater, Stop};
+use crate::inject::{self, UsageStripper};
 use crate::metrics::{
     Api, ErrorKind, ErrorSet, LabelIds, Op, Outcome, Series, Source, StatusClass, TokenType,
 };
@@ -100,6 +106,21 @@ pub struct Exchange {
     stream_end_seen: bool,
     error_seen: bool,
     errors: ErrorSet,
+    /// `inject_stream_usage` on this exchange (boxed: absent, 8 bytes, for every other exchange).
+    inject: Option<Box<Inject>>,
+}
+
+/// Where an exchange is in `inject_stream_usage`.
+#[derive(Debug)]
+enum Inject {
+    /// The shell holds the request body: the bytes held so far.
+    Holding(usize),
+    /// The request body with `include_usage` added, until the shell takes it.
+    Rewritten(Vec<u8>),
+    /// The request went out rewritten: the response's additions are to be removed.
+    Injected,
+    /// Removing them from a readable event stream.
+    Stripping(UsageStripper),
 }
 
 /// Everything the metrics need about a finished exchange.
@@ -174,7 +195,87 @@ impl Exchange {
             stream_end_seen: false,
             error_seen: false,
             errors: ErrorSet::default(),
+            inject: None,
         }
+    }
+
+    /// `inject_stream_usage`, at the request headers: whether the shell should hold this request
+    /// (stop the headers, buffer the body) so that [`Exchange::take_rewritten_request`] can add
+    /// the option. Only chat and completions requests with a body that fits
+    /// `inject_max_request_bytes` (by its `content-length`, when it has one) are held.
+    pub fn hold_request(
+        &mut self,
+        config: &Config,
+        content_length: Option<&str>,
+        end_of_stream: bool,
+    ) -> bool {
+        let fits = content_length.is_none_or(|v| {
+            v.trim()
+                .parse::<u64>()
+                .is_ok_and(|n| n <= config.inject_max_request_bytes as u64)
+        });
+        let hold = config.inject_stream_usage
+            && matches!(self.api, Api::ChatCompletions | Api::Completions)
+            && !end_of_stream
+            && fits;
+        self.inject = hold.then(|| Box::new(Inject::Holding(0)));
+        hold
+    }
+
+    /// Whether the shell still holds the request (it stops holding once the body ends or grows
+    /// past `inject_max_request_bytes`: then everything held goes on untouched).
+    pub fn holding_request(&self) -> bool {
+        matches!(self.inject.as_deref(), Some(Inject::Holding(_)))
+    }
+
+    /// Request body bytes held so far (what the shell has already read of a held body).
+    pub fn held_request_bytes(&self) -> usize {
+        match self.inject.as_deref() {
+            Some(Inject::Holding(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// Stops holding the request without rewriting it (e.g. it ended with trailers).
+    pub fn release_request(&mut self) {
+        if matches!(
+            self.inject.as_deref(),
+            Some(Inject::Holding(_) | Inject::Rewritten(_))
+        ) {
+            self.inject = None;
+        }
+    }
+
+    /// The rewritten request body, once, when the held request ended and needed the option: the
+    /// shell replaces the body (and `content-length`) with it. From then on the response's
+    /// additions are removed.
+    pub fn take_rewritten_request(&mut self) -> Option<Vec<u8>> {
+        let inject = self.inject.as_deref_mut()?;
+        match std::mem::replace(inject, Inject::Injected) {
+            Inject::Rewritten(body) => Some(body),
+            other => {
+                *inject = other;
+                None
+            }
+        }
+    }
+
+    /// Whether response body bytes are rewritten (the shell must read and may replace each chunk).
+    pub fn rewrites_response(&self) -> bool {
+        matches!(self.inject.as_deref(), Some(Inject::Stripping(_)))
+    }
+
+    /// The bytes to send in place of a response chunk (after [`Exchange::response_body`] read the
+    /// original), or `None` to send it as it is.
+    pub fn rewrite_response(&mut self, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
+        let Some(Inject::Stripping(stripper)) = self.inject.as_deref_mut() else {
+            return None;
+        };
+        let out = stripper.feed(chunk, end);
+        if end {
+            self.inject = None;
+        }
+        out
     }
 
     /// Whether the request body is still wanted (the shell skips the host copy otherwise).
@@ -220,6 +321,12 @@ impl Exchange {
         let RequestBody::Reading(buf) = &mut self.request else {
             return false;
         };
+        if let Some(Inject::Holding(held)) = self.inject.as_deref_mut() {
+            *held += chunk.len();
+            if *held > config.inject_max_request_bytes {
+                self.inject = None;
+            }
+        }
         if buf.len() + chunk.len() > config.max_request_body_bytes {
             self.errors.insert(ErrorKind::RequestTooLarge);
             return self.decided(resolve(None));
@@ -236,6 +343,9 @@ impl Exchange {
             whole = std::mem::take(buf);
             &whole
         };
+        if self.holding_request() {
+            self.inject = inject::rewrite_request(body).map(|b| Box::new(Inject::Rewritten(b)));
+        }
         let model = match openai::parse_request(body) {
             Ok(info) => {
                 self.stream_requested = info.stream;
@@ -260,6 +370,9 @@ impl Exchange {
 
     /// The model label is decided: the request body is no longer read, and the exchange is in flight.
     fn decided(&mut self, model: ModelId) -> bool {
+        if self.holding_request() {
+            self.inject = None;
+        }
         self.model = model;
         self.request = RequestBody::Done;
         true
@@ -279,6 +392,18 @@ impl Exchange {
         let failed = status.is_some_and(|s| s >= 400);
         let coding = encoding::body_coding(content_encoding);
         self.inflater = None;
+        // What `include_usage` added is removed from a plain (not encoded) event stream.
+        if let Some(inject) = self.inject.as_deref_mut() {
+            if matches!(inject, Inject::Injected)
+                && self.sse
+                && !failed
+                && coding == BodyCoding::Identity
+            {
+                *inject = Inject::Stripping(UsageStripper::new(config.max_event_bytes));
+            } else {
+                self.inject = None;
+            }
+        }
         self.response = if coding == BodyCoding::Unreadable {
             self.errors.insert(ErrorKind::EncodedBody);
             self.unread_tail = true;

@@ -48,6 +48,20 @@ mod sys {
             ret_data: *mut *mut u8,
             ret_size: *mut usize,
         ) -> u32;
+        pub fn proxy_set_buffer_bytes(
+            buffer: u32,
+            start: usize,
+            size: usize,
+            data: *const u8,
+            data_size: usize,
+        ) -> u32;
+        pub fn proxy_replace_header_map_value(
+            map: u32,
+            key: *const u8,
+            key_size: usize,
+            value: *const u8,
+            value_size: usize,
+        ) -> u32;
         pub fn proxy_get_header_map_value(
             map: u32,
             key: *const u8,
@@ -138,9 +152,13 @@ fn now_ns() -> u64 {
 }
 
 fn get_buffer(buffer: u32, size: usize) -> Result<Vec<u8>, HostError> {
+    get_buffer_range(buffer, 0, size)
+}
+
+fn get_buffer_range(buffer: u32, start: usize, size: usize) -> Result<Vec<u8>, HostError> {
     let (mut data, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: out-pointers are live; on success the host hands us the allocation.
-    match unsafe { sys::proxy_get_buffer_bytes(buffer, 0, size, &mut data, &mut len) } {
+    match unsafe { sys::proxy_get_buffer_bytes(buffer, start, size, &mut data, &mut len) } {
         STATUS_OK => Ok(unsafe { owned(data, len) }),
         STATUS_NOT_FOUND => Ok(Vec::new()),
         s => Err(HostError(s)),
@@ -156,6 +174,26 @@ fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {
         STATUS_OK => Some(unsafe { owned(data, len) }),
         _ => None,
     }
+}
+
+/// Replaces `size` bytes of a body buffer (from its start) with `data`. A failure leaves the body
+/// as it was.
+fn set_buffer(buffer: u32, size: usize, data: &[u8]) {
+    // SAFETY: pointer and length describe a live buffer.
+    unsafe { sys::proxy_set_buffer_bytes(buffer, 0, size, data.as_ptr(), data.len()) };
+}
+
+fn replace_header(map: u32, name: &str, value: &str) {
+    // SAFETY: pointers and lengths describe live strings.
+    unsafe {
+        sys::proxy_replace_header_map_value(
+            map,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
 }
 
 fn get_header_str(map: u32, name: &str) -> Option<String> {
@@ -416,19 +454,51 @@ impl HttpContext for Filter {
         }
         let mut ex = Exchange::new(api, now_ns());
         ex.set_labels(vm.resolve_labels());
+        let content_length = get_header_str(MAP_HTTP_REQUEST_HEADERS, "content-length");
+        let hold = ex.hold_request(&vm.config, content_length.as_deref(), end_of_stream);
         self.exchange = Some(ex);
         if end_of_stream {
             self.request_chunk(&[], true);
         }
-        Action::Continue
+        if hold {
+            // `inject_stream_usage`: the headers wait until the body has been read (and rewritten).
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        if self
-            .exchange
-            .as_ref()
-            .is_some_and(Exchange::wants_request_body)
-        {
+        let Some(ex) = self.exchange.as_ref() else {
+            return Action::Continue;
+        };
+        if ex.holding_request() {
+            // While the filter pauses, Envoy accumulates the body: `size` is all of it so far, and
+            // only the bytes after what was already read are new.
+            let seen = ex.held_request_bytes();
+            let chunk = get_buffer_range(BUFFER_HTTP_REQUEST_BODY, seen, size.saturating_sub(seen))
+                .unwrap_or_default();
+            self.request_chunk(&chunk, end_of_stream);
+            let Some(ex) = self.exchange.as_mut() else {
+                return Action::Continue;
+            };
+            if let Some(body) = ex.take_rewritten_request() {
+                set_buffer(BUFFER_HTTP_REQUEST_BODY, size, &body);
+                if get_header(MAP_HTTP_REQUEST_HEADERS, "content-length").is_some() {
+                    replace_header(
+                        MAP_HTTP_REQUEST_HEADERS,
+                        "content-length",
+                        &body.len().to_string(),
+                    );
+                }
+            }
+            return if ex.holding_request() {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        if ex.wants_request_body() {
             let chunk = get_buffer(BUFFER_HTTP_REQUEST_BODY, size).unwrap_or_default();
             self.request_chunk(&chunk, end_of_stream);
         }
@@ -436,12 +506,12 @@ impl HttpContext for Filter {
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
-        if self
-            .exchange
-            .as_ref()
-            .is_some_and(Exchange::wants_request_body)
-        {
-            self.request_chunk(&[], true);
+        if let Some(ex) = self.exchange.as_mut() {
+            // A held body that ends with trailers goes on as it is.
+            ex.release_request();
+            if ex.wants_request_body() {
+                self.request_chunk(&[], true);
+            }
         }
         Action::Continue
     }
@@ -468,9 +538,17 @@ impl HttpContext for Filter {
         let (Some(vm), Some(ex)) = (&self.vm, &mut self.exchange) else {
             return Action::Continue;
         };
-        if ex.wants_response_body() {
+        let rewrite = ex.rewrites_response();
+        if ex.wants_response_body() || rewrite {
             let chunk = get_buffer(BUFFER_HTTP_RESPONSE_BODY, size).unwrap_or_default();
-            ex.response_body(&chunk, end_of_stream, &vm.config, &mut now_ns);
+            if ex.wants_response_body() {
+                ex.response_body(&chunk, end_of_stream, &vm.config, &mut now_ns);
+            } else if end_of_stream {
+                ex.response_end();
+            }
+            if let Some(out) = ex.rewrite_response(&chunk, end_of_stream) {
+                set_buffer(BUFFER_HTTP_RESPONSE_BODY, size, &out);
+            }
         } else if end_of_stream {
             ex.response_end();
         }

@@ -6,7 +6,9 @@
 //! requests, tokens, time to first token, time per output token, duration, outcomes and requests in
 //! flight through Envoy's own stats, which Prometheus scrapes from `/stats/prometheus`.
 //!
-//! It only observes: it never changes a byte, never pauses a stream, never answers a request itself.
+//! It only observes: it never changes a byte, never pauses a stream, never answers a request itself
+//! — except with the opt-in `inject_stream_usage`, which holds a streaming request's body to add
+//! `stream_options.include_usage` and removes what that adds from the response (see [`inject`]).
 //! What it cannot read (an oversized body, a body in an unknown `content-encoding`, a malformed event) it counts in
 //! `llm_filter_errors_total` and lets through.
 //!
@@ -14,6 +16,7 @@
 //! - [`encoding`]: gzip and deflate response bodies, inflated chunk by chunk into a private copy.
 //! - [`sse`]: incremental `text/event-stream` decoder (bytes → events), split-safe at any byte.
 //! - [`openai`]: narrow JSON views (request → model/stream, body/event → usage, token, end, error).
+//! - [`inject`]: `inject_stream_usage` — the request rewrite and the response's usage-chunk removal.
 //! - [`think`]: raw `<think>…</think>` tags in chat content (reasoning vs answer), split-safe.
 //! - [`exchange`]: one request/response as a state machine fed bytes and clock values → [`exchange::Observation`].
 //! - [`metrics`]: the public metrics contract (names, labels, tag encoding) and observation → stat ops.
@@ -43,6 +46,7 @@
 pub mod config;
 pub mod encoding;
 pub mod exchange;
+pub mod inject;
 pub mod metrics;
 pub mod model;
 pub mod openai;

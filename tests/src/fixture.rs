@@ -207,10 +207,25 @@ impl Fixture {
     /// As [`Fixture::replay`] on an existing gateway (which saves starting a VM per replay); the
     /// series returned are what this replay added (see [`metrics::delta`]).
     pub fn replay_on(&self, gw: &Gateway, split: &Split) -> Result<Replay> {
+        let exchange = Exchange {
+            request_body: self.request_body(),
+            request_split: Split::Whole,
+            content_length: false,
+            response_body: self.response_body()?,
+            response_split: split.clone(),
+        };
+        self.replay_exchange(gw, &exchange)
+    }
+
+    /// As [`Fixture::replay_on`] with the bodies and cuts of `exchange` in place of the fixture's
+    /// own (the status, headers and end stay the fixture's).
+    pub fn replay_exchange(&self, gw: &Gateway, exchange: &Exchange) -> Result<Replay> {
         let before = gw.all_series();
-        let request_body = self.request_body();
-        let response_body = self.response_body()?;
+        let request_body = &exchange.request_body;
+        let response_body = &exchange.response_body;
+        let split = &exchange.response_split;
         let mut s = gw.stream();
+        let length = request_body.len().to_string();
 
         let mut req_headers: Vec<(String, String)> = vec![
             (":method".into(), self.request.method.clone()),
@@ -232,6 +247,9 @@ impl Fixture {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
+        if exchange.content_length {
+            req_headers.push(("content-length".into(), length));
+        }
         let req_headers: Vec<(&str, &str)> = req_headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -240,7 +258,7 @@ impl Fixture {
             s.request_headers_only(&req_headers);
         } else {
             s.request_headers(&req_headers);
-            s.request_chunk(&request_body, true);
+            s.request_body(&exchange.request_split.cut(request_body));
         }
 
         gw.advance_ms(100);
@@ -259,7 +277,7 @@ impl Fixture {
         } else {
             s.response_headers(&resp_headers);
             gw.advance_ms(50);
-            let chunks = split.cut(&response_body);
+            let chunks = split.cut(response_body);
             let n = chunks.len();
             for (i, chunk) in chunks.iter().enumerate() {
                 s.response_chunk(chunk, complete && i + 1 == n);
@@ -278,7 +296,20 @@ impl Fixture {
     }
 }
 
-/// How a response body is cut into `proxy_on_response_body` calls.
+/// The bodies of one replay and how each is cut into body calls.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    /// What the client sends.
+    pub request_body: Vec<u8>,
+    pub request_split: Split,
+    /// Whether the request carries a `content-length` header.
+    pub content_length: bool,
+    /// What the upstream sends.
+    pub response_body: Vec<u8>,
+    pub response_split: Split,
+}
+
+/// How a body is cut into `proxy_on_*_body` calls.
 #[derive(Clone, Debug)]
 pub enum Split {
     /// One chunk.

@@ -204,6 +204,12 @@ pub struct StreamReport {
     pub changes: Vec<String>,
     /// What `proxy_on_done` returned.
     pub done: bool,
+    /// The request body as passed on to the upstream.
+    pub request_sent: Vec<u8>,
+    /// The response body as passed on to the client.
+    pub response_sent: Vec<u8>,
+    /// The request headers as they stood at the end (after any change by the filter).
+    pub request_headers: Vec<(String, String)>,
 }
 
 impl StreamReport {
@@ -409,10 +415,18 @@ impl Stream<'_> {
         self.set_property("response.code_details", details.as_bytes());
         let ctx = self.ctx;
         let (state, done) = self.with_vm(|vm| vm.finish(ctx));
+        let request_headers = state
+            .maps
+            .get(&MapType::RequestHeaders)
+            .cloned()
+            .unwrap_or_default();
         StreamReport {
             actions: state.actions,
             changes: state.changes,
             done,
+            request_sent: state.request_sent,
+            response_sent: state.response_sent,
+            request_headers,
         }
     }
 }

@@ -190,6 +190,11 @@ pub struct ContextState {
     pub request_body: Vec<u8>,
     /// The response body buffer of the current `proxy_on_response_body` call.
     pub response_body: Vec<u8>,
+    /// Request body bytes passed on to the upstream (each buffer as it stood when the filter
+    /// returned Continue).
+    pub request_sent: Vec<u8>,
+    /// Response body bytes passed on to the client, likewise.
+    pub response_sent: Vec<u8>,
     pub properties: HashMap<String, Vec<u8>>,
     pub actions: Vec<(Callback, Action)>,
     /// Host calls that would change the traffic (header/body writes, local replies, stream
@@ -1193,7 +1198,9 @@ impl Vm {
                 e.on_request_body.call(s, (id as i32, len, eos))
             })?;
             if a == 0 {
-                self.context(id).request_body.clear();
+                let ctx = self.context(id);
+                let sent = std::mem::take(&mut ctx.request_body);
+                ctx.request_sent.extend_from_slice(&sent);
             }
             self.record(id, Callback::RequestBody, a)
         } else {
@@ -1204,7 +1211,9 @@ impl Vm {
                 e.on_response_body.call(s, (id as i32, len, eos))
             })?;
             if a == 0 {
-                self.context(id).response_body.clear();
+                let ctx = self.context(id);
+                let sent = std::mem::take(&mut ctx.response_body);
+                ctx.response_sent.extend_from_slice(&sent);
             }
             self.record(id, Callback::ResponseBody, a)
         };

@@ -9,6 +9,7 @@ mod common;
 mod config;
 mod envoy_config;
 mod fixtures;
+mod inject;
 mod lifecycle;
 mod timing;
 mod traffic;
