@@ -837,6 +837,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
             end_of_stream,
             &config.config,
         );
+        if ex.rewrites_response() {
+            // The stream loses bytes on its way: its length (rare on a stream) no longer holds.
+            // SAFETY: `envoy` is the live filter pointer; a null value removes the header.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_set_header(
+                    envoy,
+                    abi::RESPONSE_HEADER,
+                    ModuleBuffer::of("content-length"),
+                    ModuleBuffer::EMPTY,
+                )
+            };
+        }
     })
 }
 

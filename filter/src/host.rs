@@ -55,13 +55,7 @@ mod sys {
             data: *const u8,
             data_size: usize,
         ) -> u32;
-        pub fn proxy_replace_header_map_value(
-            map: u32,
-            key: *const u8,
-            key_size: usize,
-            value: *const u8,
-            value_size: usize,
-        ) -> u32;
+        pub fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
         pub fn proxy_get_header_map_value(
             map: u32,
             key: *const u8,
@@ -183,17 +177,9 @@ fn set_buffer(buffer: u32, size: usize, data: &[u8]) {
     unsafe { sys::proxy_set_buffer_bytes(buffer, 0, size, data.as_ptr(), data.len()) };
 }
 
-fn replace_header(map: u32, name: &str, value: &str) {
-    // SAFETY: pointers and lengths describe live strings.
-    unsafe {
-        sys::proxy_replace_header_map_value(
-            map,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    };
+fn remove_header(map: u32, name: &str) {
+    // SAFETY: pointer and length describe a live string.
+    unsafe { sys::proxy_remove_header_map_value(map, name.as_ptr(), name.len()) };
 }
 
 fn get_header_str(map: u32, name: &str) -> Option<String> {
@@ -455,17 +441,17 @@ impl HttpContext for Filter {
         let mut ex = Exchange::new(api, now_ns());
         ex.set_labels(vm.resolve_labels());
         let content_length = get_header_str(MAP_HTTP_REQUEST_HEADERS, "content-length");
-        let hold = ex.hold_request(&vm.config, content_length.as_deref(), end_of_stream);
+        if ex.hold_request(&vm.config, content_length.as_deref(), end_of_stream) {
+            // `inject_stream_usage`: the body is held and may grow. Envoy turns a paused
+            // `on_http_request_headers` into "stop all" (no body callbacks until resumed), so the
+            // headers go on now, without a length: the upstream receives the body chunked.
+            remove_header(MAP_HTTP_REQUEST_HEADERS, "content-length");
+        }
         self.exchange = Some(ex);
         if end_of_stream {
             self.request_chunk(&[], true);
         }
-        if hold {
-            // `inject_stream_usage`: the headers wait until the body has been read (and rewritten).
-            Action::Pause
-        } else {
-            Action::Continue
-        }
+        Action::Continue
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
@@ -484,13 +470,6 @@ impl HttpContext for Filter {
             };
             if let Some(body) = ex.take_rewritten_request() {
                 set_buffer(BUFFER_HTTP_REQUEST_BODY, size, &body);
-                if get_header(MAP_HTTP_REQUEST_HEADERS, "content-length").is_some() {
-                    replace_header(
-                        MAP_HTTP_REQUEST_HEADERS,
-                        "content-length",
-                        &body.len().to_string(),
-                    );
-                }
             }
             return if ex.holding_request() {
                 Action::Pause
@@ -531,6 +510,10 @@ impl HttpContext for Filter {
             end_of_stream,
             &vm.config,
         );
+        if ex.rewrites_response() {
+            // The stream loses bytes on its way: its length (rare on a stream) no longer holds.
+            remove_header(MAP_HTTP_RESPONSE_HEADERS, "content-length");
+        }
         Action::Continue
     }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::gateway::{Gateway, StreamReport};
 use crate::metrics::{self, series_key, Series, SeriesValue};
@@ -471,4 +471,84 @@ mod tests {
             f.response_body().unwrap();
         }
     }
+}
+
+/// Events of an SSE body with their raw bytes (blank line included); a trailing incomplete event
+/// comes last, as it is.
+pub fn raw_events(body: &[u8]) -> Vec<&[u8]> {
+    let mut events = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < body.len() {
+        let rest = &body[i..];
+        let blank = [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
+            .iter()
+            .find(|sep| rest.starts_with(sep))
+            .map(|sep| sep.len());
+        match blank {
+            Some(n) => {
+                events.push(&body[start..i + n]);
+                i += n;
+                start = i;
+            }
+            None => i += 1,
+        }
+    }
+    if start < body.len() {
+        events.push(&body[start..]);
+    }
+    events
+}
+
+/// The JSON of a plain `data:` event (one data line), with the offset of the JSON in the event.
+fn data_json(event: &[u8]) -> Option<(usize, &[u8])> {
+    let text = std::str::from_utf8(event).ok()?;
+    let line_end = text.find(['\r', '\n'])?;
+    if !text[line_end..].trim_start_matches(['\r', '\n']).is_empty() {
+        return None;
+    }
+    let line = &text[..line_end];
+    let payload = line.strip_prefix("data:")?;
+    let payload = payload.strip_prefix(' ').unwrap_or(payload);
+    Some((line_end - payload.len(), payload.as_bytes()))
+}
+
+/// What an upstream that honours `stream_options.include_usage` as OpenAI documents sends a client
+/// that did not ask, from the stream it sends one that did: without the chunk whose `choices` is
+/// empty and whose `usage` is an object, and without top-level `"usage": null` members. Derived
+/// event by event, each cut checked against the parsed JSON (independently of the filter's code).
+pub fn not_asked(stream: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for event in raw_events(stream) {
+        let Some((at, json)) = data_json(event) else {
+            out.extend_from_slice(event);
+            continue;
+        };
+        let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(json) else {
+            out.extend_from_slice(event);
+            continue;
+        };
+        match obj.get("usage") {
+            Some(Value::Object(_)) if obj.get("choices") == Some(&json!([])) => {}
+            Some(Value::Null) => {
+                let mut without = obj.clone();
+                without.remove("usage");
+                let text = String::from_utf8_lossy(json).into_owned();
+                let cut = [r#","usage":null"#, r#""usage":null,"#]
+                    .iter()
+                    .flat_map(|pat| text.match_indices(pat).map(|(i, p)| (i, p.len())))
+                    .map(|(i, n)| format!("{}{}", &text[..i], &text[i + n..]))
+                    .find(|c| {
+                        serde_json::from_str::<Value>(c).ok()
+                            == Some(Value::Object(without.clone()))
+                    })
+                    .unwrap_or_else(|| panic!("no way to cut usage:null from {text}"));
+                out.extend_from_slice(&event[..at]);
+                out.extend_from_slice(cut.as_bytes());
+                out.extend_from_slice(&event[at + json.len()..]);
+            }
+            _ => out.extend_from_slice(event),
+        }
+    }
+    out
 }

@@ -143,6 +143,11 @@ async fn replay_fixture(envoy: &Envoy, base: &Scrape, f: &Fixture) -> Result<Scr
             );
         }
     }
+    expect_series(envoy, base, f).await
+}
+
+/// Waits until the gateway's `llm_*` series grew from `base` by exactly the fixture's `expect`.
+async fn expect_series(envoy: &Envoy, base: &Scrape, f: &Fixture) -> Result<Scrape> {
     let expected = f.expected_lines();
     let matches = |s: &Scrape| {
         let d = fixture::diff(&expected, &s.llm_lines_since(base));
@@ -1461,5 +1466,113 @@ async fn timeouts_with(build: Build) -> Result<()> {
         }
     })
     .await?;
+    Ok(())
+}
+
+/// `inject_stream_usage` through real Envoy, both builds, against an upstream that honours
+/// `include_usage` as OpenAI documents: for every recorded include_usage chat or completions
+/// stream, a client that does not ask receives byte for byte what the upstream sends it directly,
+/// the upstream (through the gateway) was asked, and the gateway counts the exact usage — the
+/// fixture's own series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_stream_usage_gives_exact_usage_and_the_client_the_upstreams_own_bytes() {
+    bounded(Duration::from_secs(180), async {
+        each_build(inject_stream_usage_with).await
+    })
+    .await;
+}
+
+async fn inject_stream_usage_with(build: Build) -> Result<()> {
+    let upstream = Upstream::start().await?;
+    let mut cases = Vec::new();
+    for f in fixture::load_all(&fixture::fixtures_dir())? {
+        let Some(Value::Object(mut request)) = f.request.body.clone() else {
+            continue;
+        };
+        let asked = request
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            == Some(&Value::Bool(true));
+        let chat = f.request.path.ends_with("/chat/completions")
+            || f.request.path.ends_with("/v1/completions");
+        if !asked
+            || !chat
+            || f.config.is_some()
+            || f.end != End::Complete
+            || f.response.status >= 400
+            || f.response.headers.contains_key("content-encoding")
+        {
+            continue;
+        }
+        request.remove("stream_options");
+        let asked_script = fixture_script(&f)?;
+        let mut direct = asked_script.clone();
+        let direct_body = fixture::not_asked(&f.response_body()?);
+        direct.chunks = Script::chunked(
+            200,
+            Vec::new(),
+            &direct_body,
+            &[1, 7, 64, 211, 3, 500, 29],
+            Duration::from_millis(1),
+        )
+        .chunks;
+        upstream.add(&f.name, direct);
+        upstream.add_when_usage_asked(&f.name, asked_script);
+        cases.push((f, serde_json::to_vec(&Value::Object(request))?, direct_body));
+    }
+    ensure!(
+        cases.len() >= 8,
+        "only {} include_usage fixtures",
+        cases.len()
+    );
+    let envoy = Envoy::start_build(build, upstream.port, r#"{"inject_stream_usage":true}"#).await?;
+    let mut base = envoy.scrape_merged().await?;
+    for (f, body, direct_body) in &cases {
+        let headers = fixture_headers(f);
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let direct = request(
+            upstream.port,
+            "POST",
+            &f.request.path,
+            &headers,
+            body.clone(),
+        )
+        .await?;
+        let via = request(
+            envoy.gateway_port,
+            "POST",
+            &f.request.path,
+            &headers,
+            body.clone(),
+        )
+        .await?;
+        ensure!(
+            direct.body == *direct_body,
+            "{}: the upstream did not honour include_usage",
+            f.name
+        );
+        ensure!(
+            via.body == direct.body,
+            "{}: through the gateway the client got\n{}\ninstead of\n{}",
+            f.name,
+            via.text(),
+            direct.text()
+        );
+        let received = upstream.received(&f.name);
+        let via_gateway: Value =
+            serde_json::from_slice(received.last().map(|b| b.as_ref()).unwrap_or_default())
+                .with_context(|| format!("{}: the upstream got invalid JSON", f.name))?;
+        ensure!(
+            via_gateway.pointer("/stream_options/include_usage") == Some(&Value::Bool(true)),
+            "{}: the gateway did not ask for usage: {via_gateway}",
+            f.name
+        );
+        base = expect_series(&envoy, &base, f)
+            .await
+            .with_context(|| format!("fixture {}", f.name))?;
+    }
     Ok(())
 }

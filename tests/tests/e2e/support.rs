@@ -728,15 +728,26 @@ impl Script {
 /// its [`SCRIPT_HEADER`] (404 if none), byte for byte. Stops when dropped.
 pub struct Upstream {
     pub port: u16,
-    scripts: Arc<Mutex<HashMap<String, Script>>>,
+    scripts: Arc<Mutex<Scripts>>,
     task: JoinHandle<()>,
+}
+
+/// The upstream's scripts by name, and what it received.
+#[derive(Default)]
+struct Scripts {
+    by_name: HashMap<String, Script>,
+    /// Scripts for requests that ask for usage (`stream_options.include_usage: true`), by name: an
+    /// upstream that honours the option as OpenAI documents.
+    asked_usage: HashMap<String, Script>,
+    /// Request bodies received, by script name, in order.
+    received: HashMap<String, Vec<Bytes>>,
 }
 
 impl Upstream {
     pub async fn start() -> Result<Upstream> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let scripts: Arc<Mutex<HashMap<String, Script>>> = Arc::default();
+        let scripts: Arc<Mutex<Scripts>> = Arc::default();
         let table = scripts.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -760,7 +771,23 @@ impl Upstream {
         self.scripts
             .lock()
             .expect("script table")
+            .by_name
             .insert(name.to_owned(), script);
+    }
+
+    /// The script `name` answers a request that asks for usage with (see [`Scripts::asked_usage`]).
+    pub fn add_when_usage_asked(&self, name: &str, script: Script) {
+        self.scripts
+            .lock()
+            .expect("script table")
+            .asked_usage
+            .insert(name.to_owned(), script);
+    }
+
+    /// The request bodies script `name` has answered, in order.
+    pub fn received(&self, name: &str) -> Vec<Bytes> {
+        let table = self.scripts.lock().expect("script table");
+        table.received.get(name).cloned().unwrap_or_default()
     }
 }
 
@@ -772,8 +799,14 @@ impl Drop for Upstream {
 
 type ScriptBody = Channel<Bytes, std::io::Error>;
 
+fn asks_for_usage(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v.pointer("/stream_options/include_usage") == Some(&serde_json::Value::Bool(true))
+    })
+}
+
 async fn respond(
-    table: Arc<Mutex<HashMap<String, Script>>>,
+    table: Arc<Mutex<Scripts>>,
     req: Request<Incoming>,
 ) -> Result<Response<ScriptBody>> {
     let start = tokio::time::Instant::now();
@@ -783,9 +816,22 @@ async fn respond(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let script = table.lock().expect("script table").get(&name).cloned();
     // Read the whole request body before answering, as a server that parses JSON does.
-    let _ = req.into_body().collect().await;
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let script = {
+        let mut table = table.lock().expect("script table");
+        let asked = asks_for_usage(&body);
+        table.received.entry(name.clone()).or_default().push(body);
+        asked
+            .then(|| table.asked_usage.get(&name).cloned())
+            .flatten()
+            .or_else(|| table.by_name.get(&name).cloned())
+    };
     let script = script.unwrap_or(Script {
         status: 404,
         headers: vec![("content-type".into(), "text/plain".into())],

@@ -8,9 +8,9 @@
 //! "not asked" stream is derived here independently of the filter: event by event, checking each
 //! cut against the parsed JSON.
 
-use gateway_tests::fixture::{self, diff, Exchange, Fixture, Split};
+use gateway_tests::fixture::{self, diff, not_asked, raw_events, Exchange, Fixture, Split};
 use gateway_tests::{Action, Gateway};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::common::{finish, gateway, role_chunk, token, usage_chunk};
 
@@ -20,84 +20,6 @@ fn with_inject(config_text: &str) -> Option<String> {
         .as_object_mut()?
         .insert("inject_stream_usage".into(), Value::Bool(true));
     Some(config.to_string())
-}
-
-/// Events of an SSE body with their raw bytes (blank line included); a trailing incomplete event
-/// comes last, as it is.
-fn raw_events(body: &[u8]) -> Vec<&[u8]> {
-    let mut events = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < body.len() {
-        let rest = &body[i..];
-        let blank = [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
-            .iter()
-            .find(|sep| rest.starts_with(sep))
-            .map(|sep| sep.len());
-        match blank {
-            Some(n) => {
-                events.push(&body[start..i + n]);
-                i += n;
-                start = i;
-            }
-            None => i += 1,
-        }
-    }
-    if start < body.len() {
-        events.push(&body[start..]);
-    }
-    events
-}
-
-/// The JSON of a plain `data:` event (one data line), with the offset of the JSON in the event.
-fn data_json(event: &[u8]) -> Option<(usize, &[u8])> {
-    let text = std::str::from_utf8(event).ok()?;
-    let line_end = text.find(['\r', '\n'])?;
-    if !text[line_end..].trim_start_matches(['\r', '\n']).is_empty() {
-        return None;
-    }
-    let line = &text[..line_end];
-    let payload = line.strip_prefix("data:")?;
-    let payload = payload.strip_prefix(' ').unwrap_or(payload);
-    Some((line_end - payload.len(), payload.as_bytes()))
-}
-
-/// What an upstream that honours `include_usage` sends a client that did not ask (see the module
-/// doc), from the stream it sends one that did.
-fn not_asked(stream: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for event in raw_events(stream) {
-        let Some((at, json)) = data_json(event) else {
-            out.extend_from_slice(event);
-            continue;
-        };
-        let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(json) else {
-            out.extend_from_slice(event);
-            continue;
-        };
-        match obj.get("usage") {
-            Some(Value::Object(_)) if obj.get("choices") == Some(&json!([])) => {}
-            Some(Value::Null) => {
-                let mut without = obj.clone();
-                without.remove("usage");
-                let text = String::from_utf8_lossy(json).into_owned();
-                let cut = [r#","usage":null"#, r#""usage":null,"#]
-                    .iter()
-                    .flat_map(|pat| text.match_indices(pat).map(|(i, p)| (i, p.len())))
-                    .map(|(i, n)| format!("{}{}", &text[..i], &text[i + n..]))
-                    .find(|c| {
-                        serde_json::from_str::<Value>(c).ok()
-                            == Some(Value::Object(without.clone()))
-                    })
-                    .unwrap_or_else(|| panic!("no way to cut usage:null from {text}"));
-                out.extend_from_slice(&event[..at]);
-                out.extend_from_slice(cut.as_bytes());
-                out.extend_from_slice(&event[at + json.len()..]);
-            }
-            _ => out.extend_from_slice(event),
-        }
-    }
-    out
 }
 
 fn injectable_path(path: &str) -> bool {
@@ -332,6 +254,13 @@ fn borrowed(h: &[(String, String)]) -> Vec<(&str, &str)> {
     h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// The changes a held request may make: its length goes (the body is sent chunked).
+fn only_length_removed(changes: &[String]) -> bool {
+    changes
+        .iter()
+        .all(|c| c == r#"proxy_remove_header_map_value(RequestHeaders, "content-length")"#)
+}
+
 fn inject_gateway(extra: &str) -> Gateway {
     Gateway::new(&format!(r#"{{"inject_stream_usage":true{extra}}}"#))
         .unwrap_or_else(|e| panic!("{e:#}"))
@@ -356,6 +285,36 @@ fn a_request_too_large_to_hold_by_its_content_length_is_never_held() {
 }
 
 #[test]
+fn a_stripped_response_loses_its_content_length() {
+    let gw = inject_gateway("");
+    let body = r#"{"model":"m","stream":true}"#;
+    let mut s = gw.stream();
+    s.request_headers(&borrowed(&headers(Some(body.len()))));
+    s.request_chunk(body.as_bytes(), true);
+    let stream = format!("{}{}data: [DONE]\n\n", token("Hi"), usage_chunk(2, 1));
+    let length = stream.len().to_string();
+    s.response_headers(&[
+        (":status", "200"),
+        ("content-type", "text/event-stream"),
+        ("content-length", &length),
+    ]);
+    s.response_body(&[stream.as_bytes()]);
+    let report = s.end();
+    assert!(
+        report
+            .changes
+            .iter()
+            .any(|c| c.contains("remove") && c.contains("content-length")),
+        "{:?}",
+        report.changes
+    );
+    assert_eq!(
+        report.response_sent,
+        format!("{}data: [DONE]\n\n", token("Hi")).as_bytes()
+    );
+}
+
+#[test]
 fn a_held_request_that_grows_past_the_bound_goes_on_untouched() {
     let gw = inject_gateway(r#","inject_max_request_bytes":64"#);
     let body = format!(
@@ -366,12 +325,15 @@ fn a_held_request_that_grows_past_the_bound_goes_on_untouched() {
     let (b, c) = b.split_at(40);
     let mut s = gw.stream();
     // No content-length (a chunked request): held until it is over the bound, then released.
-    assert_eq!(s.request_headers(&borrowed(&headers(None))), Action::Pause);
+    assert_eq!(
+        s.request_headers(&borrowed(&headers(None))),
+        Action::Continue
+    );
     assert_eq!(s.request_chunk(a, false), Action::Pause);
     assert_eq!(s.request_chunk(b, false), Action::Continue);
     assert_eq!(s.request_chunk(c, true), Action::Continue);
     let report = s.end();
-    assert!(report.changes.is_empty(), "{:?}", report.changes);
+    assert!(only_length_removed(&report.changes), "{:?}", report.changes);
     assert_eq!(report.request_sent, body.as_bytes());
     // The model was still read: the bound on holding is not the bound on reading.
     assert_eq!(gw.series("llm_requests_total", &[("model", "m")]), 1);
@@ -382,7 +344,10 @@ fn a_held_request_that_ends_with_trailers_goes_on_untouched_and_its_response_too
     let gw = inject_gateway("");
     let body = r#"{"model":"m","stream":true}"#;
     let mut s = gw.stream();
-    assert_eq!(s.request_headers(&borrowed(&headers(None))), Action::Pause);
+    assert_eq!(
+        s.request_headers(&borrowed(&headers(None))),
+        Action::Continue
+    );
     assert_eq!(s.request_chunk(body.as_bytes(), false), Action::Pause);
     s.request_trailers(&[("x-end", "1")]);
     s.response_headers(&[(":status", "200"), ("content-type", "text/event-stream")]);
@@ -394,7 +359,7 @@ fn a_held_request_that_ends_with_trailers_goes_on_untouched_and_its_response_too
     );
     s.response_body(&[stream.as_bytes()]);
     let report = s.end();
-    assert!(report.changes.is_empty(), "{:?}", report.changes);
+    assert!(only_length_removed(&report.changes), "{:?}", report.changes);
     assert_eq!(report.response_sent, stream.as_bytes());
 }
 
@@ -405,11 +370,11 @@ fn a_non_streaming_request_is_held_but_passes_byte_for_byte() {
     let mut s = gw.stream();
     assert_eq!(
         s.request_headers(&borrowed(&headers(Some(body.len())))),
-        Action::Pause
+        Action::Continue
     );
     assert_eq!(s.request_chunk(body.as_bytes(), true), Action::Continue);
     let report = s.end();
-    assert!(report.changes.is_empty(), "{:?}", report.changes);
+    assert!(only_length_removed(&report.changes), "{:?}", report.changes);
     assert_eq!(report.request_sent, body.as_bytes());
 }
 
