@@ -6,7 +6,7 @@
 //! Prometheus metric names and buckets. Its `usage` counts are exact and serve as the ground
 //! truth the gateway's numbers are checked against.
 //!
-//! Layout: [`model`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
+//! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
 //! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
 //! [`metrics`] (vLLM series), [`api`] (HTTP handlers), [`server`] (flags and assembly), and
 //! [`scripted`] (a weight-free backend for tests).
@@ -23,7 +23,7 @@ pub mod api;
 pub mod chat;
 pub mod matvec;
 pub mod metrics;
-pub mod model;
+pub mod qwen3;
 pub mod sampling;
 pub mod scheduler;
 pub mod scripted;

@@ -33,25 +33,25 @@ pub trait Backend: Send + 'static {
     ) -> anyhow::Result<Vec<Vec<f32>>>;
 }
 
-impl Backend for crate::model::Qwen3 {
-    type Cache = crate::model::SeqCache;
+impl Backend for crate::qwen3::Qwen3 {
+    type Cache = crate::qwen3::SeqCache;
 
     fn new_cache(&self) -> Self::Cache {
-        crate::model::Qwen3::new_cache(self)
+        crate::qwen3::Qwen3::new_cache(self)
     }
 
     fn forward(
         &mut self,
         batch: &mut [(&mut Self::Cache, &[u32])],
     ) -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut inputs: Vec<crate::model::StepInput> = batch
+        let mut inputs: Vec<crate::qwen3::StepInput> = batch
             .iter_mut()
-            .map(|(c, t)| crate::model::StepInput {
+            .map(|(c, t)| crate::qwen3::StepInput {
                 cache: c,
                 tokens: t,
             })
             .collect();
-        let logits = crate::model::Qwen3::forward(self, &mut inputs)?;
+        let logits = crate::qwen3::Qwen3::forward(self, &mut inputs)?;
         Ok(logits.to_vec2::<f32>()?)
     }
 }
