@@ -9,7 +9,8 @@
 //! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
 //! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
 //! [`metrics`] (vLLM series), [`api`] (HTTP handlers), [`server`] (flags and assembly), and
-//! [`scripted`] (a weight-free backend for tests).
+//! `scripted` (a weight-free backend for the API tests, built only with the `scripted` feature,
+//! which the crate's tests enable).
 //!
 //! ```no_run
 //! // Serve the tiny random-weight preset on 127.0.0.1:8000, as `qwen3-engine` does.
@@ -26,5 +27,6 @@ pub mod metrics;
 pub mod qwen3;
 pub mod sampling;
 pub mod scheduler;
+#[cfg(feature = "scripted")]
 pub mod scripted;
 pub mod server;
