@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use candle_core::Device;
@@ -185,10 +185,7 @@ pub fn assemble<B: Backend>(
         max_model_len,
         metrics: registry,
         keepalive,
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: crate::api::now_secs(),
     });
     Ok(Built {
         router: router(state.clone()),
