@@ -6,10 +6,11 @@
 //! Prometheus metric names and buckets. Its `usage` counts are exact and serve as the ground
 //! truth the gateway's numbers are checked against.
 //!
-//! Layout: [`model`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
+//! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
 //! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
 //! [`metrics`] (vLLM series), [`api`] (HTTP handlers), [`server`] (flags and assembly), and
-//! [`scripted`] (a weight-free backend for tests).
+//! `scripted` (a weight-free backend for the API tests, built only with the `scripted` feature,
+//! which the crate's tests enable).
 //!
 //! ```no_run
 //! // Serve the tiny random-weight preset on 127.0.0.1:8000, as `qwen3-engine` does.
@@ -23,8 +24,9 @@ pub mod api;
 pub mod chat;
 pub mod matvec;
 pub mod metrics;
-pub mod model;
+pub mod qwen3;
 pub mod sampling;
 pub mod scheduler;
+#[cfg(feature = "scripted")]
 pub mod scripted;
 pub mod server;

@@ -53,6 +53,34 @@ struct ModelLabels {
     model_name: String,
 }
 
+/// vLLM's `finished_reason` label on `vllm:request_success_total`: why a request left the engine.
+///
+/// These are all the values this engine emits. vLLM has no separate value for tool calls, so a
+/// request that ends in tool calls counts as `stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FinishedReason {
+    /// A stop token or stop string ended generation, or the model finished with tool calls.
+    Stop,
+    /// `max_tokens` or the context length ended generation.
+    Length,
+    /// The client went away while the request waited or ran; its slot and KV cache were freed.
+    Abort,
+    /// The forward pass failed; the client got an error event.
+    Error,
+}
+
+impl FinishedReason {
+    /// The label value, as vLLM writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            FinishedReason::Stop => "stop",
+            FinishedReason::Length => "length",
+            FinishedReason::Abort => "abort",
+            FinishedReason::Error => "error",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FinishLabels {
     model_name: String,
@@ -233,12 +261,12 @@ impl Metrics {
         }
     }
 
-    /// Counts a finished request under vLLM's `finished_reason` values (`stop`, `length`, `abort`).
-    pub fn request_finished(&self, reason: &str) {
+    /// Counts a finished request under its [`FinishedReason`] label.
+    pub fn request_finished(&self, reason: FinishedReason) {
         self.request_success
             .get_or_create(&FinishLabels {
                 model_name: self.model_name.clone(),
-                finished_reason: reason.to_owned(),
+                finished_reason: reason.label().to_owned(),
             })
             .inc();
     }
@@ -281,7 +309,7 @@ mod tests {
         let r = MetricsRegistry::new("qwen3-tiny", 8192);
         r.metrics.request_prompt_tokens.observe(9.0);
         r.metrics.prompt_tokens.inc_by(7);
-        r.metrics.request_finished("stop");
+        r.metrics.request_finished(FinishedReason::Stop);
         r.metrics.time_to_first_token.observe(0.03);
         r.metrics.kv_cache_usage_perc.set(0.25);
         let text = r.encode();

@@ -58,7 +58,7 @@ impl Sampler {
             }
         }
         let tok = if p.temperature <= 1e-5 {
-            crate::model::argmax(logits)
+            crate::qwen3::argmax(logits)
         } else {
             self.sample_random(logits)
         };
@@ -175,7 +175,7 @@ mod tests {
             top_k: 1,
             ..params.clone()
         });
-        assert!(k1.iter().all(|t| *t == crate::model::argmax(&logits)));
+        assert!(k1.iter().all(|t| *t == crate::qwen3::argmax(&logits)));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::chat::{ChatTokenizer, Detokenizer};
-use crate::metrics::Metrics;
+use crate::metrics::{FinishedReason, Metrics};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// The model as the scheduler sees it: per-sequence caches and one batched step.
@@ -33,25 +33,25 @@ pub trait Backend: Send + 'static {
     ) -> anyhow::Result<Vec<Vec<f32>>>;
 }
 
-impl Backend for crate::model::Qwen3 {
-    type Cache = crate::model::SeqCache;
+impl Backend for crate::qwen3::Qwen3 {
+    type Cache = crate::qwen3::SeqCache;
 
     fn new_cache(&self) -> Self::Cache {
-        crate::model::Qwen3::new_cache(self)
+        crate::qwen3::Qwen3::new_cache(self)
     }
 
     fn forward(
         &mut self,
         batch: &mut [(&mut Self::Cache, &[u32])],
     ) -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut inputs: Vec<crate::model::StepInput> = batch
+        let mut inputs: Vec<crate::qwen3::StepInput> = batch
             .iter_mut()
-            .map(|(c, t)| crate::model::StepInput {
+            .map(|(c, t)| crate::qwen3::StepInput {
                 cache: c,
                 tokens: t,
             })
             .collect();
-        let logits = crate::model::Qwen3::forward(self, &mut inputs)?;
+        let logits = crate::qwen3::Qwen3::forward(self, &mut inputs)?;
         Ok(logits.to_vec2::<f32>()?)
     }
 }
@@ -90,6 +90,8 @@ impl SchedulerConfig {
     }
 }
 
+/// OpenAI's `finish_reason` of a completed request, as the response carries it. Its metric label
+/// is the [`FinishedReason`] it converts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     Stop,
@@ -99,6 +101,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
+    /// The `finish_reason` value in responses.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -106,12 +109,14 @@ impl FinishReason {
             FinishReason::ToolCalls => "tool_calls",
         }
     }
+}
 
-    /// vLLM's `finished_reason` label (it has no separate value for tool calls).
-    pub fn metric_label(self) -> &'static str {
-        match self {
-            FinishReason::Stop | FinishReason::ToolCalls => "stop",
-            FinishReason::Length => "length",
+/// The metric label of a completed request (vLLM has no separate value for tool calls).
+impl From<FinishReason> for FinishedReason {
+    fn from(reason: FinishReason) -> Self {
+        match reason {
+            FinishReason::Stop | FinishReason::ToolCalls => FinishedReason::Stop,
+            FinishReason::Length => FinishedReason::Length,
         }
     }
 }
@@ -339,7 +344,7 @@ impl<B: Backend> Scheduler<B> {
             let before = q.waiting.len();
             q.waiting.retain(|r| !r.events.is_closed());
             for _ in q.waiting.len()..before {
-                m.request_finished("abort");
+                m.request_finished(FinishedReason::Abort);
             }
             while self.running.len() < cfg.max_num_seqs {
                 let Some(front) = q.waiting.front() else {
@@ -395,7 +400,7 @@ impl<B: Backend> Scheduler<B> {
             if self.running[i].req.events.is_closed() {
                 let r = self.running.swap_remove(i);
                 self.reserved -= r.reserve;
-                m.request_finished("abort");
+                m.request_finished(FinishedReason::Abort);
                 tracing::info!(
                     prompt_tokens = r.req.prompt.len(),
                     completion_tokens = r.generated.len(),
@@ -522,7 +527,7 @@ impl<B: Backend> Scheduler<B> {
         // Metrics before the clients hear about it, as for normal completions.
         self.update_gauges();
         for r in failed {
-            self.shared.metrics.request_finished("error");
+            self.shared.metrics.request_finished(FinishedReason::Error);
             let _ = r
                 .req
                 .events
@@ -721,7 +726,7 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
         .observe(first.duration_since(r.admitted).as_secs_f64());
     m.request_decode_time
         .observe(now.duration_since(first).as_secs_f64());
-    m.request_finished(reason.metric_label());
+    m.request_finished(reason.into());
     m.request_prompt_tokens.observe(r.req.prompt.len() as f64);
     m.request_generation_tokens
         .observe(r.generated.len() as f64);
@@ -754,5 +759,15 @@ mod tests {
         assert_eq!(longest_suffix_prefix("hello", "xyz"), 0);
         assert_eq!(longest_suffix_prefix("ab", "abc"), 2);
         assert_eq!(longest_suffix_prefix("é", "éa"), 2);
+    }
+
+    #[test]
+    fn tool_calls_count_as_stop_in_the_metric_label() {
+        assert_eq!(
+            FinishedReason::from(FinishReason::ToolCalls).label(),
+            "stop"
+        );
+        assert_eq!(FinishedReason::from(FinishReason::Stop).label(), "stop");
+        assert_eq!(FinishedReason::from(FinishReason::Length).label(), "length");
     }
 }

@@ -1,5 +1,7 @@
 //! A backend that "generates" a fixed token script, for tests of the HTTP layer, the reasoning
 //! split and the scheduler without model weights (the real tokenizer and chat template still run).
+//! Test-only: it is compiled with the `scripted` feature, which the crate's own tests turn on, so
+//! the shipped binary does not carry it.
 //!
 //! The script is indexed by how many tokens a sequence has generated, so concurrent sequences each
 //! replay it from the start. After the script, it repeats `filler` (so `max_tokens` decides the end).

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use candle_core::Device;
@@ -12,7 +12,7 @@ use clap::Parser;
 use crate::api::{router, AppState};
 use crate::chat::{locate_tokenizer_dir, ChatTokenizer};
 use crate::metrics::MetricsRegistry;
-use crate::model::{Qwen3, Qwen3Config};
+use crate::qwen3::{Qwen3, Qwen3Config};
 use crate::scheduler::{spawn, Backend, SchedulerConfig};
 
 #[derive(Parser, Debug, Clone)]
@@ -87,7 +87,8 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
     let (model, tok_dir, default_name) = match &args.model {
         Some(dir) => {
             let t = std::time::Instant::now();
-            let m = Qwen3::from_snapshot(dir, &dev)?;
+            // The model layer names the file at fault; the flag that pointed there is named here.
+            let m = Qwen3::from_snapshot(dir, &dev).context("--model")?;
             tracing::info!("loaded {} in {:.1?}", dir.display(), t.elapsed());
             let name = dir
                 .canonicalize()
@@ -102,7 +103,7 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
             (m, dir.clone(), name)
         }
         None => {
-            let cfg = Qwen3Config::preset(&args.preset)?;
+            let cfg = Qwen3Config::preset(&args.preset).context("--preset")?;
             let tok_dir = locate_tokenizer_dir(args.tokenizer_dir.as_deref())?;
             let t = std::time::Instant::now();
             let m = Qwen3::random(&cfg, args.seed, &dev)?;
@@ -184,10 +185,7 @@ pub fn assemble<B: Backend>(
         max_model_len,
         metrics: registry,
         keepalive,
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: crate::api::now_secs(),
     });
     Ok(Built {
         router: router(state.clone()),
@@ -244,5 +242,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_layer_errors_are_named_by_the_flag_that_led_there() {
+        // clap refuses unknown presets before `build`; a library caller can still pass one.
+        let args = Args {
+            preset: "huge".into(),
+            ..Args::parse_from(["qwen3-engine"])
+        };
+        let err = format!("{:#}", build(&args).err().expect("unknown preset"));
+        assert!(
+            err.starts_with("--preset: unknown preset \"huge\""),
+            "{err}"
+        );
+
+        let missing = std::env::temp_dir().join("qwen3-engine-no-such-snapshot");
+        let args = Args::parse_from(["qwen3-engine", "--model", missing.to_str().unwrap_or(".")]);
+        let err = format!("{:#}", build(&args).err().expect("missing snapshot"));
+        assert!(err.starts_with("--model: cannot read "), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3 as reference;
-use qwen3_engine::model::{random_weights, Qwen3, Qwen3Config, StepInput};
+use qwen3_engine::qwen3::{random_weights, Qwen3, Qwen3Config, StepInput};
 
 fn config() -> Qwen3Config {
     let mut c = Qwen3Config::preset("tiny").unwrap();
@@ -115,7 +115,7 @@ fn check(cfg: &Qwen3Config) {
 
     // Step 2: A decodes one token at position 9, B finishes its prompt (3 tokens at 4..7), and C
     // joins with its whole prompt at position 0.
-    let mut next_a = qwen3_engine::model::argmax(&la.to_vec1::<f32>().unwrap());
+    let mut next_a = qwen3_engine::qwen3::argmax(&la.to_vec1::<f32>().unwrap());
     let out = ours
         .forward(&mut [
             StepInput {
@@ -143,9 +143,9 @@ fn check(cfg: &Qwen3Config) {
     // Steps 3..8: all three decode greedily, each at its own position.
     let mut pos = [pa.len() + 1, pb.len(), pc.len()];
     for step in 3..9 {
-        next_a = qwen3_engine::model::argmax(&la.to_vec1::<f32>().unwrap());
-        let next_b = qwen3_engine::model::argmax(&lb.to_vec1::<f32>().unwrap());
-        let next_c = qwen3_engine::model::argmax(&lc.to_vec1::<f32>().unwrap());
+        next_a = qwen3_engine::qwen3::argmax(&la.to_vec1::<f32>().unwrap());
+        let next_b = qwen3_engine::qwen3::argmax(&lb.to_vec1::<f32>().unwrap());
+        let next_c = qwen3_engine::qwen3::argmax(&lc.to_vec1::<f32>().unwrap());
         let out = ours
             .forward(&mut [
                 StepInput {

@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use clap::Parser;
 use http_body_util::BodyExt;
 use qwen3_engine::chat::locate_tokenizer_dir;
-use qwen3_engine::model::{random_weights, Qwen3, Qwen3Config, StepInput};
+use qwen3_engine::qwen3::{random_weights, Qwen3, Qwen3Config, StepInput};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

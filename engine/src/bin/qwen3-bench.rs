@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use clap::Parser;
-use qwen3_engine::model::{argmax, Qwen3, Qwen3Config, StepInput};
+use qwen3_engine::qwen3::{argmax, Qwen3, Qwen3Config, StepInput};
 
 #[derive(Parser)]
 #[command(about = "Benchmark the Qwen3 forward pass (decode tok/s, batched tok/s, TTFT)")]

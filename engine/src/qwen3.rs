@@ -117,9 +117,7 @@ impl Qwen3Config {
             // Shapes of Qwen/Qwen3-0.6B and Qwen/Qwen3-1.7B (config.json on the Hub).
             "qwen3-0.6b" => base(1024, 3072, 28, 16, 8, 128, true),
             "qwen3-1.7b" => base(2048, 6144, 28, 16, 8, 128, true),
-            other => bail!(
-                "--preset: unknown preset {other:?} (expected tiny, qwen3-0.6b or qwen3-1.7b)"
-            ),
+            other => bail!("unknown preset {other:?} (expected tiny, qwen3-0.6b or qwen3-1.7b)"),
         })
     }
 
@@ -551,9 +549,9 @@ fn rotary_tables(cfg: &Qwen3Config, dev: &Device) -> anyhow::Result<(Tensor, Ten
 pub fn load_config(dir: &Path) -> anyhow::Result<Qwen3Config> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("--model: cannot read {}", path.display()))?;
-    let cfg: Qwen3Config = serde_json::from_str(&text)
-        .with_context(|| format!("--model: invalid {}", path.display()))?;
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg: Qwen3Config =
+        serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -564,12 +562,12 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index)?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("--model: invalid {}", index.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("invalid {}", index.display()))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .with_context(|| format!("--model: {} has no weight_map object", index.display()))?;
+            .with_context(|| format!("{} has no weight_map object", index.display()))?;
         let mut files: Vec<String> = map
             .values()
             .map(|v| {
@@ -587,10 +585,7 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 if p.exists() {
                     Ok(p)
                 } else {
-                    bail!(
-                        "--model: shard {} listed in the index is missing",
-                        p.display()
-                    )
+                    bail!("shard {} listed in the index is missing", p.display())
                 }
             })
             .collect();
@@ -600,7 +595,7 @@ pub fn safetensors_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         return Ok(vec![single]);
     }
     bail!(
-        "--model: {} has neither model.safetensors nor model.safetensors.index.json",
+        "{} has neither model.safetensors nor model.safetensors.index.json",
         dir.display()
     )
 }
@@ -780,10 +775,11 @@ mod tests {
 
     #[test]
     fn presets_reject_unknown_names_and_count_params() {
+        // The CLI layer names the flag (server.rs); the model layer names the value.
         assert!(Qwen3Config::preset("huge")
             .unwrap_err()
             .to_string()
-            .contains("--preset"));
+            .contains("unknown preset \"huge\""));
         // Qwen3-0.6B has ~596M parameters with tied embeddings.
         let p = Qwen3Config::preset("qwen3-0.6b").unwrap().num_params();
         assert!((590_000_000..600_000_000).contains(&p), "{p}");
