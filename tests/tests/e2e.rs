@@ -960,6 +960,7 @@ async fn filter_loads_with_default_and_full_config_and_exports_the_contract_name
     );
     let full = json!({"models": ["smoke-model"], "max_models": 8, "max_request_body_bytes": 65536,
             "max_response_body_bytes": 65536, "max_event_bytes": 16384,
+            "inject_stream_usage": true, "inject_max_request_bytes": 32768,
             "paths": {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions",
                       "/v1/embeddings": "embeddings", "/v1/responses": "responses"}});
     for config in ["{}".to_owned(), full.to_string()] {
