@@ -432,47 +432,6 @@ pub fn diff(expected: &BTreeSet<String>, observed: &BTreeSet<String>) -> String 
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cuts_cover_the_body_exactly_once() {
-        let body = b"data: x\r\n\r\ndata: [DONE]\r\n\r\n";
-        for split in [
-            Split::Whole,
-            Split::ByteByByte,
-            Split::Random { seed: 3, cuts: 5 },
-            Split::At(vec![0, 4, 4, 999]),
-        ] {
-            let chunks = split.cut(body);
-            assert_eq!(chunks.concat(), body.to_vec(), "{split:?}");
-            assert!(chunks.iter().all(|c| !c.is_empty()), "{split:?}");
-        }
-        assert_eq!(Split::ByteByByte.cut(body).len(), body.len());
-        assert_eq!(Split::EmptyLastChunk.cut(body), vec![&body[..], &b""[..]]);
-    }
-
-    #[test]
-    fn seeded_random_cuts_are_reproducible() {
-        let body = [0u8; 1000];
-        let a = Split::Random { seed: 9, cuts: 7 }.cut(&body);
-        let b = Split::Random { seed: 9, cuts: 7 }.cut(&body);
-        assert_eq!(
-            a.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            b.iter().map(|c| c.len()).collect::<Vec<_>>()
-        );
-    }
-
-    #[test]
-    fn every_fixture_in_the_directory_parses() {
-        let fixtures = load_all(&fixtures_dir()).unwrap();
-        for f in &fixtures {
-            f.response_body().unwrap();
-        }
-    }
-}
-
 /// Events of an SSE body with their raw bytes (blank line included); a trailing incomplete event
 /// comes last, as it is.
 pub fn raw_events(body: &[u8]) -> Vec<&[u8]> {
@@ -551,4 +510,45 @@ pub fn not_asked(stream: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_cover_the_body_exactly_once() {
+        let body = b"data: x\r\n\r\ndata: [DONE]\r\n\r\n";
+        for split in [
+            Split::Whole,
+            Split::ByteByByte,
+            Split::Random { seed: 3, cuts: 5 },
+            Split::At(vec![0, 4, 4, 999]),
+        ] {
+            let chunks = split.cut(body);
+            assert_eq!(chunks.concat(), body.to_vec(), "{split:?}");
+            assert!(chunks.iter().all(|c| !c.is_empty()), "{split:?}");
+        }
+        assert_eq!(Split::ByteByByte.cut(body).len(), body.len());
+        assert_eq!(Split::EmptyLastChunk.cut(body), vec![&body[..], &b""[..]]);
+    }
+
+    #[test]
+    fn seeded_random_cuts_are_reproducible() {
+        let body = [0u8; 1000];
+        let a = Split::Random { seed: 9, cuts: 7 }.cut(&body);
+        let b = Split::Random { seed: 9, cuts: 7 }.cut(&body);
+        assert_eq!(
+            a.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            b.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn every_fixture_in_the_directory_parses() {
+        let fixtures = load_all(&fixtures_dir()).unwrap();
+        for f in &fixtures {
+            f.response_body().unwrap();
+        }
+    }
 }

@@ -261,6 +261,17 @@ fn only_length_removed(changes: &[String]) -> bool {
         .all(|c| c == r#"proxy_remove_header_map_value(RequestHeaders, "content-length")"#)
 }
 
+/// A stream whose request (with its `content-length`) has been sent whole; no callback paused.
+fn sent<'g>(gw: &'g Gateway, body: &str) -> gateway_tests::Stream<'g> {
+    let mut s = gw.stream();
+    assert_eq!(
+        s.request_headers(&borrowed(&headers(Some(body.len())))),
+        Action::Continue
+    );
+    assert_eq!(s.request_chunk(body.as_bytes(), true), Action::Continue);
+    s
+}
+
 fn inject_gateway(extra: &str) -> Gateway {
     Gateway::new(&format!(r#"{{"inject_stream_usage":true{extra}}}"#))
         .unwrap_or_else(|e| panic!("{e:#}"))
@@ -273,12 +284,7 @@ fn a_request_too_large_to_hold_by_its_content_length_is_never_held() {
         r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(100)
     );
-    let mut s = gw.stream();
-    assert_eq!(
-        s.request_headers(&borrowed(&headers(Some(body.len())))),
-        Action::Continue
-    );
-    assert_eq!(s.request_chunk(body.as_bytes(), true), Action::Continue);
+    let s = sent(&gw, &body);
     let report = s.end();
     assert!(report.untouched(), "{:?}", report.changes);
     assert_eq!(report.request_sent, body.as_bytes());
@@ -288,9 +294,7 @@ fn a_request_too_large_to_hold_by_its_content_length_is_never_held() {
 fn a_stripped_response_loses_its_content_length() {
     let gw = inject_gateway("");
     let body = r#"{"model":"m","stream":true}"#;
-    let mut s = gw.stream();
-    s.request_headers(&borrowed(&headers(Some(body.len()))));
-    s.request_chunk(body.as_bytes(), true);
+    let mut s = sent(&gw, body);
     let stream = format!("{}{}data: [DONE]\n\n", token("Hi"), usage_chunk(2, 1));
     let length = stream.len().to_string();
     s.response_headers(&[
@@ -367,12 +371,7 @@ fn a_held_request_that_ends_with_trailers_goes_on_untouched_and_its_response_too
 fn a_non_streaming_request_is_held_but_passes_byte_for_byte() {
     let gw = inject_gateway("");
     let body = r#"{"model":"m","messages":[]}"#;
-    let mut s = gw.stream();
-    assert_eq!(
-        s.request_headers(&borrowed(&headers(Some(body.len())))),
-        Action::Continue
-    );
-    assert_eq!(s.request_chunk(body.as_bytes(), true), Action::Continue);
+    let s = sent(&gw, body);
     let report = s.end();
     assert!(only_length_removed(&report.changes), "{:?}", report.changes);
     assert_eq!(report.request_sent, body.as_bytes());
@@ -382,9 +381,7 @@ fn a_non_streaming_request_is_held_but_passes_byte_for_byte() {
 fn an_error_response_to_a_rewritten_request_passes_untouched() {
     let gw = inject_gateway("");
     let body = r#"{"model":"m","stream":true}"#;
-    let mut s = gw.stream();
-    s.request_headers(&borrowed(&headers(Some(body.len()))));
-    s.request_chunk(body.as_bytes(), true);
+    let mut s = sent(&gw, body);
     s.response_headers(&[(":status", "400"), ("content-type", "text/event-stream")]);
     let error = format!("{}{}", usage_chunk(1, 0), finish());
     s.response_body(&[error.as_bytes()]);
