@@ -11,6 +11,10 @@ stream_options.include_usage (thinking on), asserts the parsed objects (content,
 arithmetic, the usage-only final chunk), and prints as its last line a JSON summary of the usage the
 client saw, which the test compares with the gateway's counters. Exit status 1 with a message on the
 first failed check. Needs `openai` in the venv (`bash envoy/setup.sh --test`).
+
+With --without-include-usage the streaming request does not ask for usage (as most clients do), and
+the script checks the client sees no trace of it: no chunk with usage, no chunk without choices
+(what a gateway with `inject_stream_usage` must guarantee while it counts the usage itself).
 """
 import argparse
 import json
@@ -31,6 +35,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base-url", required=True, help="the gateway's OpenAI base URL, ending in /v1")
     ap.add_argument("--model", required=True)
+    ap.add_argument("--without-include-usage", action="store_true",
+                    help="stream without stream_options.include_usage and check no usage reaches the client")
     args = ap.parse_args()
     client = openai.OpenAI(base_url=args.base_url, api_key="unused", timeout=60, max_retries=0)
     messages = [{"role": "user", "content": "Name three things a gateway can measure."}]
@@ -62,14 +68,19 @@ def main():
     add(r.usage, "non-streaming")
     totals["non_streaming_requests"] += 1
 
-    # Streaming with include_usage, thinking on.
+    # Streaming with include_usage (or, with --without-include-usage, without), thinking on.
+    asked = not args.without_include_usage
+    options = {"stream_options": {"include_usage": True}} if asked else {}
     stream = client.chat.completions.create(model=args.model, messages=messages, max_tokens=16, temperature=0,
-                                            stream=True, stream_options={"include_usage": True},
+                                            stream=True, **options,
                                             extra_body={"chat_template_kwargs": {"enable_thinking": True}})
     text, finish, usage, chunks, usage_chunk_choices = [], None, None, 0, None
     for chunk in stream:
         chunks += 1
         check(chunk.object == "chat.completion.chunk", f"stream: object {chunk.object!r}")
+        if not asked:
+            check(chunk.usage is None, f"stream: usage reached a client that did not ask: {chunk}")
+            check(len(chunk.choices) >= 1, f"stream: a chunk without choices reached the client: {chunk}")
         if chunk.usage is not None:
             usage, usage_chunk_choices = chunk.usage, chunk.choices
         for c in chunk.choices:
@@ -82,8 +93,9 @@ def main():
     check(chunks >= 3, f"stream: {chunks} chunks")
     check("".join(text) != "", "stream: some content or reasoning text")
     check(finish in ("stop", "length"), f"stream: finish_reason {finish!r}")
-    check(usage_chunk_choices == [], "stream: the usage chunk has choices == []")
-    add(usage, "stream")
+    if asked:
+        check(usage_chunk_choices == [], "stream: the usage chunk has choices == []")
+        add(usage, "stream")
     totals["streaming_requests"] += 1
 
     print(json.dumps(totals))

@@ -1577,3 +1577,82 @@ async fn inject_stream_usage_with(build: Build) -> Result<()> {
     }
     Ok(())
 }
+
+/// `inject_stream_usage` with the official `openai` client and the real engine, both builds: the
+/// client streams without asking for usage and sees none of it (no usage chunk, no `usage` field,
+/// `tests/e2e/openai_client.py --without-include-usage`), while the gateway counts exact usage for
+/// every request: its token counters equal the engine's own `vllm:*_tokens_total`, with no estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_client_without_include_usage_gets_exact_usage_counted_and_none_delivered() {
+    bounded(Duration::from_secs(180), async {
+        let engine = Engine::start().await?;
+        let mut engine_before = (0.0, 0.0);
+        for build in Build::ALL {
+            let envoy =
+                Envoy::start_build(build, engine.port, r#"{"inject_stream_usage":true}"#).await?;
+            let base_url = format!("http://127.0.0.1:{}/v1", envoy.gateway_port);
+            let (python, script, model) = (
+                venv_python()?,
+                repo_root().join("tests/e2e/openai_client.py"),
+                engine.model.clone(),
+            );
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(python)
+                    .arg(script)
+                    .args([
+                        "--base-url",
+                        &base_url,
+                        "--model",
+                        &model,
+                        "--without-include-usage",
+                    ])
+                    .output()
+            })
+            .await??;
+            ensure!(
+                out.status.success(),
+                "{build:?}: openai_client.py failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let em = engine.metrics().await?;
+            let l = [("model_name", engine.model.as_str())];
+            let now = (
+                em.sum("vllm:prompt_tokens_total", &l),
+                em.sum("vllm:generation_tokens_total", &l),
+            );
+            let totals = Totals {
+                prompt: (now.0 - engine_before.0) as u64,
+                completion: (now.1 - engine_before.1) as u64,
+                reasoning: 0,
+            };
+            engine_before = now;
+            let model = engine.model.clone();
+            envoy
+                .wait_for(Duration::from_secs(5), |s| {
+                    for (ty, want) in [("input", totals.prompt), ("output", totals.completion)] {
+                        let got = s.sum(
+                            "llm_tokens_total",
+                            &[("model", &model), ("token_type", ty), ("source", "usage")],
+                        );
+                        if got != want as f64 || want == 0 {
+                            return Err(format!("{ty}: gateway {got}, engine {want}"));
+                        }
+                    }
+                    if s.has("llm_tokens_total", &[("source", "estimated")])
+                        || s.has("llm_usage_missing_total", &[])
+                    {
+                        return Err(
+                            "a stream was estimated although the gateway asked for usage".into(),
+                        );
+                    }
+                    Ok(())
+                })
+                .await
+                .with_context(|| format!("{build:?} build"))?;
+        }
+        Ok(())
+    })
+    .await;
+}
