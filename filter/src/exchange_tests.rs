@@ -3,10 +3,10 @@
 //! `gateway-tests` crate).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use serde_json::Value;
+use test_kit::fixture as kit;
+use test_kit::wire;
 
 use super::*;
 
@@ -30,10 +30,6 @@ fn chat_stream_request(ex: &mut Exchange, config: &Config) {
         config,
         &mut model_two
     ));
-}
-
-fn content_event(text: &str) -> String {
-    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n")
 }
 
 fn ops(obs: &Observation) -> Vec<(Series, Op)> {
@@ -73,7 +69,7 @@ fn a_stream_gives_exact_ttft_tpot_and_duration() {
     // 10 token events, 20 ms apart, the first 150 ms after the request headers.
     for i in 0..10u64 {
         let t = 1_150 * MS + i * 20 * MS;
-        ex.response_body(content_event("x").as_bytes(), false, &config, &mut || t);
+        ex.response_body(wire::token("x").as_bytes(), false, &config, &mut || t);
     }
     ex.response_body(
         b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
@@ -102,10 +98,10 @@ fn usage_from_the_final_chunk_replaces_the_estimate_and_sets_tpot() {
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
     chat_stream_request(&mut ex, &config);
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-    ex.response_body(content_event("ab").as_bytes(), false, &config, &mut || {
+    ex.response_body(wire::token("ab").as_bytes(), false, &config, &mut || {
         100 * MS
     });
-    ex.response_body(content_event("cd").as_bytes(), false, &config, &mut || {
+    ex.response_body(wire::token("cd").as_bytes(), false, &config, &mut || {
         200 * MS
     });
     let tail = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
@@ -215,7 +211,7 @@ fn a_json_error_in_a_success_body_or_event_is_an_error() {
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
     chat_stream_request(&mut ex, &config);
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-    ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
+    ex.response_body(wire::token("a").as_bytes(), false, &config, &mut || MS);
     ex.response_body(
         b"data: {\"error\":{\"message\":\"boom\"}}\n\n",
         true,
@@ -235,7 +231,7 @@ fn a_stream_that_ends_without_its_end_marker_is_an_upstream_abort() {
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
     chat_stream_request(&mut ex, &config);
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-    ex.response_body(content_event("a").as_bytes(), true, &config, &mut || MS);
+    ex.response_body(wire::token("a").as_bytes(), true, &config, &mut || MS);
     assert_eq!(ex.finish(2 * MS, &mut || 0).outcome, Outcome::UpstreamAbort);
 }
 
@@ -249,7 +245,7 @@ fn no_end_of_response_is_a_client_or_upstream_abort_by_the_flags() {
         let mut ex = Exchange::new(Api::ChatCompletions, 0);
         chat_stream_request(&mut ex, &config);
         ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-        ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
+        ex.response_body(wire::token("a").as_bytes(), false, &config, &mut || MS);
         let obs = ex.finish(9 * MS, &mut || if dc { DC } else { 0 });
         assert_eq!(obs.outcome, want);
         assert_eq!(obs.duration_ms, 9);
@@ -288,7 +284,7 @@ fn a_stream_whose_end_passed_is_completed_even_if_the_body_never_ends() {
             let mut ex = Exchange::new(api, 0);
             chat_stream_request(&mut ex, &config);
             ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-            ex.response_body(content_event("a").as_bytes(), false, &config, &mut || MS);
+            ex.response_body(wire::token("a").as_bytes(), false, &config, &mut || MS);
             ex.response_body(end.as_bytes(), false, &config, &mut || 2 * MS);
             // The client (DC) or the upstream closes before the body's own end.
             let obs = ex.finish(3 * MS, &mut || flags);
@@ -427,14 +423,14 @@ fn an_oversized_event_is_counted_once_and_later_events_still_count() {
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
     chat_stream_request(&mut ex, &config);
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-    let big = content_event(&"x".repeat(200));
+    let big = wire::token(&"x".repeat(200));
     ex.response_body(big.as_bytes(), false, &config, &mut || {
         panic!("skipped event")
     });
     ex.response_body(big.as_bytes(), false, &config, &mut || {
         panic!("skipped event")
     });
-    ex.response_body(content_event("y").as_bytes(), false, &config, &mut || MS);
+    ex.response_body(wire::token("y").as_bytes(), false, &config, &mut || MS);
     ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
     let obs = ex.finish(MS, &mut || 0);
     assert_eq!(
@@ -480,9 +476,7 @@ fn a_single_token_stream_has_ttft_but_no_tpot() {
     let mut ex = Exchange::new(Api::ChatCompletions, 0);
     chat_stream_request(&mut ex, &config);
     ex.response_headers(Some(200), Some("text/event-stream"), None, false, &config);
-    ex.response_body(content_event("x").as_bytes(), false, &config, &mut || {
-        42 * MS
-    });
+    ex.response_body(wire::token("x").as_bytes(), false, &config, &mut || 42 * MS);
     ex.response_body(b"data: [DONE]\n\n", true, &config, &mut || 0);
     let obs = ex.finish(50 * MS, &mut || 0);
     assert_eq!((obs.ttft_ms, obs.tpot_us), (Some(42), None));
@@ -505,13 +499,14 @@ fn stream(chunks: &[(u64, &str)], tail: &str) -> Observation {
     ex.finish(1_000 * MS, &mut || 0)
 }
 
+/// The usage chunk (3 input tokens, `output` output tokens), then `[DONE]`.
 fn usage_chunk(output: u64) -> String {
-    format!("data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":{output}}}}}\n\ndata: [DONE]\n\n")
+    wire::usage_chunk(3, output) + wire::DONE
 }
 
 #[test]
 fn a_stream_without_usage_is_counted_whatever_its_outcome() {
-    let x = content_event("x");
+    let x = wire::token("x");
     let obs = stream(&[(1, &x)], "data: [DONE]\n\n");
     assert!(obs.usage_missing);
     assert!(has(&obs, |s| matches!(s, Series::UsageMissing { .. })));
@@ -549,7 +544,7 @@ fn a_stream_without_usage_is_counted_whatever_its_outcome() {
 
 #[test]
 fn a_usage_more_than_ten_percent_off_the_event_count_is_a_mismatch() {
-    let ten: Vec<(u64, String)> = (0..10).map(|i| (i, content_event("x"))).collect();
+    let ten: Vec<(u64, String)> = (0..10).map(|i| (i, wire::token("x"))).collect();
     let chunks: Vec<(u64, &str)> = ten.iter().map(|(t, c)| (*t, c.as_str())).collect();
     // 10 events; a mismatch is |usage - events| * 10 > usage, measured against the usage: 11 is
     // within (10 > 11 is false), 9 is not (10 > 9), nor 12 (20 > 12).
@@ -588,7 +583,7 @@ fn a_usage_more_than_ten_percent_off_the_event_count_is_a_mismatch() {
 
 #[test]
 fn the_longest_gap_between_token_chunks_is_recorded() {
-    let x = content_event("x");
+    let x = wire::token("x");
     let two = format!("{x}{x}");
     let obs = stream(
         &[(100, &x), (120, &x), (170, &x), (180, &x)],
@@ -614,12 +609,14 @@ fn the_longest_gap_between_token_chunks_is_recorded() {
 }
 
 fn delta_event(field: &str, text: &str) -> String {
-    let text = serde_json::to_string(text).unwrap();
-    format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"{field}\":{text}}},\"finish_reason\":null}}]}}\n\n")
+    wire::delta_chunk(serde_json::json!({ field: text }), None)
 }
 
 fn responses_event(kind: &str, delta: &str) -> String {
-    format!("event: {kind}\ndata: {{\"type\":\"{kind}\",\"delta\":\"{delta}\"}}\n\n")
+    wire::named_event(
+        kind,
+        &serde_json::json!({"type": kind, "delta": delta}).to_string(),
+    )
 }
 
 #[test]
@@ -688,7 +685,7 @@ fn raw_think_tags_in_content_are_reasoning_until_the_closing_tag() {
 
 #[test]
 fn without_reasoning_the_first_answer_token_is_the_first_token() {
-    let x = content_event("x");
+    let x = wire::token("x");
     let obs = stream(&[(42, &x), (50, &x)], "data: [DONE]\n\n");
     assert_eq!(
         (obs.ttft_ms, obs.ttfat_ms, obs.reasoning_ms),
@@ -839,7 +836,7 @@ proptest! {
 }
 
 fn anthropic(event: &str, data: &str) -> String {
-    format!("event: {event}\ndata: {data}\n\n")
+    wire::named_event(event, data)
 }
 
 #[test]
@@ -989,10 +986,7 @@ fn an_anthropic_error_event_is_an_error() {
 // ---------------------------------------------------------------------------------------------
 // Golden fixtures, replayed natively.
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
+/// A golden fixture (read by the shared [`test_kit::fixture`] reader) as the core replays it.
 struct Fixture {
     name: String,
     config: Config,
@@ -1002,94 +996,43 @@ struct Fixture {
     status: u16,
     headers: BTreeMap<String, String>,
     response: Vec<u8>,
-    end: String,
+    end: kit::End,
     expect: BTreeMap<String, u64>,
 }
 
-fn body_bytes(dir: &Path, v: &Value) -> Vec<u8> {
-    if let Some(raw) = v.get("body_raw").and_then(Value::as_str) {
-        raw.as_bytes().to_vec()
-    } else if let Some(file) = v.get("body_file").and_then(Value::as_str) {
-        std::fs::read(dir.join(file)).unwrap()
-    } else if let Some(body) = v.get("body") {
-        serde_json::to_vec(body).unwrap()
-    } else {
-        Vec::new()
-    }
-}
-
-/// A canonical series key: `name{k="v",...}` with labels sorted.
-fn series_key(name: &str, labels: &BTreeMap<String, String>) -> String {
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{name}{{{}}}", inner.join(","))
-}
-
 fn load_fixtures() -> Vec<Fixture> {
-    let dir = fixtures_dir();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
+    let all = kit::load_all(&kit::fixtures_dir()).unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
-        paths.len() >= 20,
+        all.len() >= 20,
         "expected the golden fixtures in {}",
-        dir.display()
+        kit::fixtures_dir().display()
     );
-    paths
-        .iter()
-        .map(|p| {
-            let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-            let config = match v.get("config") {
-                Some(c) => Config::parse(&serde_json::to_vec(c).unwrap()).unwrap(),
-                None => Config::default(),
-            };
-            let req = &v["request"];
-            let resp = &v["response"];
-            let mut expect = BTreeMap::new();
-            for e in v["expect"].as_array().unwrap() {
-                let labels: BTreeMap<String, String> = e["labels"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                    .collect();
-                let n = e
-                    .get("value")
-                    .or(e.get("count"))
-                    .and_then(Value::as_u64)
-                    .unwrap();
-                expect.insert(series_key(e["metric"].as_str().unwrap(), &labels), n);
-            }
-            Fixture {
-                name: p.file_name().unwrap().to_string_lossy().into_owned(),
-                config,
-                method: req
-                    .get("method")
-                    .and_then(Value::as_str)
-                    .unwrap_or("POST")
-                    .to_owned(),
-                path: req["path"].as_str().unwrap().to_owned(),
-                request: body_bytes(&dir, req),
-                status: resp["status"].as_u64().unwrap() as u16,
-                headers: resp
-                    .get("headers")
-                    .and_then(Value::as_object)
-                    .map(|h| {
-                        h.iter()
-                            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap().to_owned()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                response: body_bytes(&dir, resp),
-                end: v
-                    .get("end")
-                    .and_then(Value::as_str)
-                    .unwrap_or("complete")
-                    .to_owned(),
-                expect,
-            }
+    all.into_iter()
+        .map(|f| Fixture {
+            config: Config::parse(f.config_text().as_bytes()).unwrap(),
+            method: f.request.method.clone(),
+            path: f.request.path.clone(),
+            request: f.request_body(),
+            status: f.response.status,
+            headers: f
+                .response
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            response: f.response_body().unwrap(),
+            end: f.end,
+            expect: f
+                .expect
+                .iter()
+                .map(|e| {
+                    (
+                        kit::series_key(&e.metric, &e.labels),
+                        e.value.or(e.count).unwrap(),
+                    )
+                })
+                .collect(),
+            name: f.name,
         })
         .collect()
 }
@@ -1120,7 +1063,7 @@ fn replay(f: &Fixture, chunks: &[&[u8]]) -> BTreeMap<String, u64> {
         &f.config,
     );
     let last = chunks.len().saturating_sub(1);
-    let complete = f.end == "complete";
+    let complete = f.end == kit::End::Complete;
     let mut t = 0;
     for (i, c) in chunks.iter().enumerate() {
         t += MS;
@@ -1131,14 +1074,20 @@ fn replay(f: &Fixture, chunks: &[&[u8]]) -> BTreeMap<String, u64> {
     if complete && (chunks.is_empty() || !ex.wants_response_body()) {
         ex.response_end();
     }
-    let obs = ex.finish(t + MS, &mut || if f.end == "client_abort" { DC } else { 0 });
+    let obs = ex.finish(t + MS, &mut || {
+        if f.end == kit::End::ClientAbort {
+            DC
+        } else {
+            0
+        }
+    });
     let mut gauge = 0i64;
     obs.for_each_op(&mut |series, op| {
         let name = series.stat_name(labels.name(series.model().unwrap_or(ModelId::UNKNOWN)));
         let (metric, tags) = split_stat_name(&name);
         match op {
-            Op::Add(n) => *out.entry(series_key(metric, &tags)).or_default() += n,
-            Op::Record(_) => *out.entry(series_key(metric, &tags)).or_default() += 1,
+            Op::Add(n) => *out.entry(kit::series_key(metric, &tags)).or_default() += n,
+            Op::Record(_) => *out.entry(kit::series_key(metric, &tags)).or_default() += 1,
             Op::GaugeAdd(n) => gauge += n,
         }
     });
@@ -1174,6 +1123,22 @@ fn every_golden_fixture_gives_its_expected_series() {
 }
 
 #[test]
+fn every_fixture_gives_the_same_series_at_the_cuts_every_suite_uses() {
+    // The cuts the wasm host suite replays each fixture at, here on the core itself.
+    for f in load_fixtures() {
+        let whole = replay(&f, &[&f.response]);
+        for split in kit::standard_splits() {
+            assert_eq!(
+                replay(&f, &split.cut(&f.response)),
+                whole,
+                "{} {split:?}",
+                f.name
+            );
+        }
+    }
+}
+
+#[test]
 fn every_fixture_gives_the_same_series_at_every_split_point_and_byte_by_byte() {
     for f in load_fixtures() {
         let whole = replay(&f, &[&f.response]);
@@ -1193,15 +1158,8 @@ proptest! {
     fn random_chunking_never_changes_the_series(cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12)) {
         for f in load_fixtures() {
             let whole = replay(&f, &[&f.response]);
-            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(f.response.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut start = 0;
-            for p in points {
-                chunks.push(&f.response[start..p]);
-                start = p;
-            }
-            chunks.push(&f.response[start..]);
+            let points: Vec<usize> = cuts.iter().map(|c| c.index(f.response.len() + 1)).collect();
+            let chunks = kit::split_at_points(&f.response, &points);
             prop_assert_eq!(replay(&f, &chunks), whole, "{}", f.name);
         }
     }
@@ -1446,7 +1404,7 @@ fn stream_parts() -> Vec<String> {
         " “quotes”",
         " and ✓.",
     ] {
-        parts.push(content_event(w));
+        parts.push(wire::token(w));
     }
     parts.push(usage_chunk(9).replace("data: [DONE]\n\n", ""));
     parts.push("data: [DONE]\n\n".to_owned());
@@ -1639,7 +1597,7 @@ fn a_compressed_stream_bomb_stops_at_its_bound() {
         ..cfg()
     };
     let limit = 1024 * DECODED_STREAM_FACTOR as usize;
-    let first = content_event("a");
+    let first = wire::token("a");
     let mut body = first.clone().into_bytes();
     body.extend(b": keep-alive\n".repeat(2 * limit / 13));
     body.extend(usage_chunk(1).into_bytes());

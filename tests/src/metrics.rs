@@ -201,11 +201,7 @@ impl Series {
     }
 }
 
-/// `name{a="1",b="2"}` for readable diffs.
-pub fn series_key(name: &str, labels: &BTreeMap<String, String>) -> String {
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-    format!("{name}{{{}}}", inner.join(","))
-}
+pub use test_kit::fixture::series_key;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum SeriesValue {

@@ -268,15 +268,11 @@ async fn golden_fixtures(build: Build) -> Result<()> {
 }
 
 fn chunk_event(delta: Value, finish: Option<&str>) -> Bytes {
-    let v = json!({"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1, "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-    Bytes::from(format!("data: {v}\n\n"))
+    Bytes::from(test_kit::wire::delta_chunk(delta, finish))
 }
 
 fn usage_event(prompt: u64, completion: u64) -> Bytes {
-    let v = json!({"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
-    Bytes::from(format!("data: {v}\n\n"))
+    Bytes::from(test_kit::wire::usage_chunk(prompt, completion))
 }
 
 /// An OpenAI chat stream: the role chunk at once, `tokens` content chunks, the first at `first`

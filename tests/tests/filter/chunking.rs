@@ -1,7 +1,7 @@
 //! Property: however a stream's body is cut into `proxy_on_response_body` calls, the filter
 //! produces the same series (driven through the real wasm).
 
-use gateway_tests::fixture::{self, Fixture, Split};
+use gateway_tests::fixture::{self, Fixture, FixtureReplay as _, Split};
 use proptest::prelude::*;
 use std::sync::OnceLock;
 

@@ -21,39 +21,7 @@ pub fn chat_request(model: &str, stream: bool) -> String {
     .to_string()
 }
 
-/// One SSE event per JSON payload, LF line ends.
-pub fn event(data: &serde_json::Value) -> String {
-    format!("data: {data}\n\n")
-}
-
-/// The role-only first chunk (not token-bearing).
-pub fn role_chunk() -> String {
-    event(
-        &serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
-    )
-}
-
-/// A chunk with one content delta (token-bearing).
-pub fn token(text: &str) -> String {
-    event(
-        &serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]}),
-    )
-}
-
-/// The finish chunk.
-pub fn finish() -> String {
-    event(&serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-}
-
-/// The include_usage chunk: empty `choices`, totals in `usage`.
-pub fn usage_chunk(prompt: u64, completion: u64) -> String {
-    event(&serde_json::json!({
-        "choices": [],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-    }))
-}
-
-pub const DONE: &str = "data: [DONE]\n\n";
+pub use test_kit::wire::{event, finish, role_chunk, token, usage_chunk, DONE};
 
 /// Labels of `llm_requests_total` for a chat request.
 pub fn request_labels<'a>(

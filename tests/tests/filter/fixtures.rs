@@ -1,7 +1,7 @@
 //! Golden fixtures (`tests/fixtures/*.json`): each exchange must produce exactly the series it
 //! lists, however its response body is cut into chunks.
 
-use gateway_tests::fixture::{self, diff, Fixture, Split};
+use gateway_tests::fixture::{self, diff, Fixture, FixtureReplay as _, Split};
 
 fn all() -> Vec<Fixture> {
     let fixtures = fixture::load_all(&fixture::fixtures_dir()).unwrap_or_else(|e| panic!("{e:#}"));
@@ -54,15 +54,7 @@ fn every_fixture_gives_identical_series_at_seeded_random_cuts_byte_by_byte_and_w
             .replay(&Split::Whole)
             .map_err(|e| format!("{e:#}"))?
             .full_lines();
-        let mut splits: Vec<Split> = (0..6u64)
-            .map(|seed| Split::Random {
-                seed,
-                cuts: 1 + (seed as usize * 7) % 40,
-            })
-            .collect();
-        splits.push(Split::ByteByByte);
-        splits.push(Split::EmptyLastChunk);
-        for split in splits {
+        for split in fixture::standard_splits() {
             let replay = f.replay(&split).map_err(|e| format!("{split:?}: {e:#}"))?;
             let d = diff(&whole, &replay.full_lines());
             if !d.is_empty() {

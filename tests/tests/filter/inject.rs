@@ -8,7 +8,9 @@
 //! "not asked" stream is derived here independently of the filter: event by event, checking each
 //! cut against the parsed JSON.
 
-use gateway_tests::fixture::{self, diff, not_asked, raw_events, Exchange, Fixture, Split};
+use gateway_tests::fixture::{
+    self, diff, not_asked, raw_events, Exchange, Fixture, FixtureReplay as _, Split,
+};
 use gateway_tests::{Action, Gateway};
 use serde_json::Value;
 

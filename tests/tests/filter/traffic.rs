@@ -1,6 +1,6 @@
 //! The filter observes: it never pauses a stream and never changes headers, bodies or replies.
 
-use gateway_tests::fixture::{self, Split};
+use gateway_tests::fixture::{self, FixtureReplay as _, Split};
 use gateway_tests::{Action, Callback, Gateway};
 
 use crate::common::*;
