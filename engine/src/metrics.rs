@@ -49,7 +49,7 @@ pub fn buckets_1_2_5(max: usize) -> Vec<f64> {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ModelLabels {
+struct ModelNameLabel {
     model_name: String,
 }
 
@@ -111,17 +111,17 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(model_name: &str, max_model_len: usize, registry: &mut Registry) -> Self {
-        let l = ModelLabels {
+        let l = ModelNameLabel {
             model_name: model_name.to_owned(),
         };
-        fn gauge(r: &mut Registry, name: &str, help: &str, l: &ModelLabels) -> Gauge {
-            let f = Family::<ModelLabels, Gauge>::default();
+        fn gauge(r: &mut Registry, name: &str, help: &str, l: &ModelNameLabel) -> Gauge {
+            let f = Family::<ModelNameLabel, Gauge>::default();
             r.register(name, help, f.clone());
             let m = f.get_or_create(l).clone();
             m
         }
-        fn counter(r: &mut Registry, name: &str, help: &str, l: &ModelLabels) -> Counter {
-            let f = Family::<ModelLabels, Counter>::default();
+        fn counter(r: &mut Registry, name: &str, help: &str, l: &ModelNameLabel) -> Counter {
+            let f = Family::<ModelNameLabel, Counter>::default();
             r.register(name, help, f.clone());
             let m = f.get_or_create(l).clone();
             m
@@ -130,10 +130,10 @@ impl Metrics {
             r: &mut Registry,
             name: &str,
             help: &str,
-            l: &ModelLabels,
+            l: &ModelNameLabel,
             buckets: &'static [f64],
         ) -> Histogram {
-            let f = Family::<ModelLabels, Histogram, _>::new_with_constructor(move || {
+            let f = Family::<ModelNameLabel, Histogram, _>::new_with_constructor(move || {
                 Histogram::new(buckets.iter().copied())
             });
             r.register(name, help, f.clone());
@@ -144,17 +144,17 @@ impl Metrics {
             r: &mut Registry,
             name: &str,
             help: &str,
-            l: &ModelLabels,
+            l: &ModelNameLabel,
             max_model_len: usize,
         ) -> Histogram {
-            let f = Family::<ModelLabels, Histogram, _>::new_with_constructor(move || {
+            let f = Family::<ModelNameLabel, Histogram, _>::new_with_constructor(move || {
                 Histogram::new(buckets_1_2_5(max_model_len))
             });
             r.register(name, help, f.clone());
             let m = f.get_or_create(l).clone();
             m
         }
-        let kv = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
+        let kv = Family::<ModelNameLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "vllm:kv_cache_usage_perc",
             "KV-cache usage. 1 means 100 percent usage.",

@@ -7,8 +7,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use llm_metrics_filter::config::Config;
 use llm_metrics_filter::exchange::Exchange;
+use llm_metrics_filter::labels::ModelId;
 use llm_metrics_filter::metrics::Api;
-use llm_metrics_filter::model::ModelId;
 
 const REQUEST: &[u8] = br#"{"model":"Qwen/Qwen3-1.7B","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a haiku about proxies."}],"stream":true,"stream_options":{"include_usage":true}}"#;
 

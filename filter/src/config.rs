@@ -9,8 +9,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::labels::{sanitize_model, HASH_LABEL_HEX_DIGITS};
 use crate::metrics::{Api, LABEL_NAMES, MAX_EXTRA_LABELS};
-use crate::model::{sanitize_model, HASH_LABEL_HEX_DIGITS};
 
 /// Largest accepted `max_models`: Envoy never frees a stat, so the label space must stay small.
 pub const MAX_MODELS_LIMIT: usize = 1024;
@@ -60,7 +60,7 @@ pub struct LabelHeader {
     /// values seen by the process are kept.
     pub values: Vec<String>,
     pub max_values: usize,
-    /// Label a hash of the value instead of the value (see [`crate::model::hash_label`]).
+    /// Label a hash of the value instead of the value (see [`crate::labels::hash_label`]).
     pub hash: bool,
 }
 

@@ -34,8 +34,8 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::exchange::Exchange;
+use crate::labels::{admit_to_list, Admission, HeaderLabels, ModelId, ModelLabels, Registry};
 use crate::metrics::{LabelIds, Metric, MetricType, Op, Series, MAX_ALL_LABELS, MAX_EXTRA_LABELS};
-use crate::model::{admit_to_list, Admission, HeaderLabels, ModelId, ModelLabels, Registry};
 
 /// The Envoy 1.40 dynamic-module ABI: the few types, hooks and callbacks this shell uses, declared
 /// from the v1.40.0 header. C enums are `int`-sized; statuses are plain integers here so that a value
@@ -241,7 +241,7 @@ fn now_ns() -> u64 {
 
 /// The process-wide sets of admitted label values by registry key (the model names, and each extra
 /// label's values), in the same `\n`-separated format the wasm build keeps in proxy-wasm shared data
-/// (see [`crate::model`]). Every worker and every filter configuration in the process shares them,
+/// (see [`crate::labels`]). Every worker and every filter configuration in the process shares them,
 /// so `max_models` and `max_values` bound the whole process as in the wasm build.
 static PROCESS_LISTS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
 

@@ -26,10 +26,10 @@
 use crate::config::Config;
 use crate::encoding::{self, BodyCoding, Inflater, Stop};
 use crate::inject::{self, UsageStripper};
+use crate::labels::ModelId;
 use crate::metrics::{
     Api, ErrorKind, ErrorSet, LabelIds, Op, Outcome, Series, Source, StatusClass, TokenType,
 };
-use crate::model::ModelId;
 use crate::openai::{self, Usage};
 use crate::sse::{self, Decoder, Item};
 use crate::think::ThinkTags;

@@ -11,7 +11,7 @@ use test_kit::wire;
 use super::*;
 
 const DC: u64 = RESPONSE_FLAG_DOWNSTREAM_DISCONNECT;
-use crate::model::{MemoryRegistry, ModelLabels};
+use crate::labels::{MemoryRegistry, ModelLabels};
 
 const MS: u64 = 1_000_000;
 

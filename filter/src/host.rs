@@ -22,10 +22,10 @@ use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
 use crate::exchange::Exchange;
-use crate::metrics::{LabelIds, MetricType, Op, Series};
-use crate::model::{
+use crate::labels::{
     list_append, list_contains, Admission, HeaderLabels, ModelId, ModelLabels, Registry, MODELS_KEY,
 };
+use crate::metrics::{LabelIds, MetricType, Op, Series};
 
 proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
@@ -223,7 +223,7 @@ fn set_shared(key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
     }
 }
 
-/// The process-wide label registries in shared data, one key per label (see [`crate::model`]).
+/// The process-wide label registries in shared data, one key per label (see [`crate::labels`]).
 struct SharedRegistry;
 
 impl Registry for SharedRegistry {

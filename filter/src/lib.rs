@@ -20,7 +20,7 @@
 //! - [`think`]: raw `<think>…</think>` tags in chat content (reasoning vs answer), split-safe.
 //! - [`exchange`]: one request/response as a state machine fed bytes and clock values → [`exchange::Observation`].
 //! - [`metrics`]: the public metrics contract (names, labels, tag encoding) and observation → stat ops.
-//! - [`model`]: the bounded `model` label and `label_headers` labels (sanitising, allowlist, process-wide cap, hashing).
+//! - [`labels`]: the bounded `model` label and `label_headers` labels (sanitising, allowlist, process-wide cap, hashing).
 //! - [`config`]: the strict JSON plugin configuration.
 //! - `host` (wasm32 only): the shell that talks to Envoy through the proxy-wasm ABI.
 //! - `dynamic_module` (native, feature `dynamic-module`): the shell that talks to Envoy as a dynamic
@@ -30,7 +30,7 @@
 //! Rust, unit-tested natively:
 //!
 //! ```
-//! use llm_metrics_filter::{config::Config, exchange::Exchange, metrics::{Api, Outcome}, model::ModelId};
+//! use llm_metrics_filter::{config::Config, exchange::Exchange, metrics::{Api, Outcome}, labels::ModelId};
 //!
 //! let config = Config::default();
 //! let mut ex = Exchange::new(Api::ChatCompletions, 0);
@@ -47,8 +47,8 @@ pub mod config;
 pub mod encoding;
 pub mod exchange;
 pub mod inject;
+pub mod labels;
 pub mod metrics;
-pub mod model;
 pub mod openai;
 pub mod sse;
 pub mod think;

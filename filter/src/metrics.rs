@@ -8,7 +8,7 @@
 //!
 //! Extra labels (`label_headers` in the configuration, e.g. `tenant`) follow the static labels of
 //! every metric that has a `model` label, in configuration order; their values are per-exchange ids
-//! ([`LabelIds`]) that the shell's [`crate::model::HeaderLabels`] turns back into strings. With none
+//! ([`LabelIds`]) that the shell's [`crate::labels::HeaderLabels`] turns back into strings. With none
 //! configured every name and series is exactly what it is without the feature.
 //!
 //! Series are identified by a packed `u64` key so the host shell can cache metric ids without building a
@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::ModelId;
+use crate::labels::ModelId;
 
 /// The API kind, from the request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 pub use test_kit::fixture::*;
 
 use crate::gateway::{Gateway, StreamReport};
-use crate::metrics::{self, Series, SeriesValue};
+use crate::metrics::{self, HostSeries, SeriesValue};
 
 /// The bodies of one replay and how each is cut into body calls.
 #[derive(Clone, Debug)]
@@ -141,7 +141,7 @@ impl FixtureReplay for Fixture {
 /// The outcome of one replay.
 #[derive(Debug)]
 pub struct Replay {
-    pub series: Vec<Series>,
+    pub series: Vec<HostSeries>,
     pub report: StreamReport,
     pub anomalies: Vec<String>,
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::abi::{Action, MapType};
 use crate::host::{lock, Callback, LogLine, Shared, Vm};
-use crate::metrics::{self, merge_matching, Histogram, Series, SeriesValue, StatsConfig};
+use crate::metrics::{self, merge_matching, Histogram, HostSeries, SeriesValue, StatsConfig};
 
 /// Envoy's `response.flags` bit for "downstream connection terminated" (DC).
 pub const FLAG_DOWNSTREAM_DISCONNECT: u64 = 0x4000;
@@ -110,7 +110,7 @@ impl Gateway {
     // --- stats ---
 
     /// Every series, tagged with `envoy/envoy.yaml`'s `stats_tags`.
-    pub fn all_series(&self) -> Vec<Series> {
+    pub fn all_series(&self) -> Vec<HostSeries> {
         lock(&self.shared.metrics).series(&self.stats_config)
     }
 

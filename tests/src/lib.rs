@@ -40,4 +40,4 @@ pub mod metrics;
 pub use abi::Action;
 pub use gateway::{Gateway, Stream, StreamReport};
 pub use host::Callback;
-pub use metrics::{Histogram, Series, SeriesValue};
+pub use metrics::{Histogram, HostSeries, SeriesValue};

@@ -147,7 +147,7 @@ impl MetricStore {
     }
 
     /// Every stat as a tagged series, in stat-name order.
-    pub fn series(&self, config: &StatsConfig) -> Vec<Series> {
+    pub fn series(&self, config: &StatsConfig) -> Vec<HostSeries> {
         self.stats
             .iter()
             .map(|(full_name, stat)| {
@@ -160,7 +160,7 @@ impl MetricStore {
                         bounds: config.buckets_for(full_name).to_vec(),
                     }),
                 };
-                Series {
+                HostSeries {
                     stat_name: full_name.clone(),
                     name,
                     labels,
@@ -171,9 +171,10 @@ impl MetricStore {
     }
 }
 
-/// One series as Prometheus shows it: metric name, labels in extraction order, and value.
+/// One series of the wasm host's stats as Prometheus shows it (not the filter's `metrics::Series`, an
+/// operation on one): metric name, labels in extraction order, and value.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Series {
+pub struct HostSeries {
     /// The full Envoy stat name, e.g. `wasmcustom.model=.=x;.;llm_requests_total`.
     pub stat_name: String,
     /// The Prometheus metric name, e.g. `llm_requests_total`.
@@ -182,7 +183,7 @@ pub struct Series {
     pub value: SeriesValue,
 }
 
-impl Series {
+impl HostSeries {
     /// True when every `(name, value)` in `wanted` is one of this series' labels.
     pub fn has_labels(&self, wanted: &[(&str, &str)]) -> bool {
         wanted
@@ -470,8 +471,8 @@ fn escape_label_value(value: &str) -> String {
 
 /// Prometheus text exposition of the given series, one `# TYPE` per metric name, series with the
 /// same name and labels merged (which cannot happen for one store, but keeps the function total).
-pub fn render_prometheus(series: &[Series]) -> String {
-    let mut by_name: BTreeMap<&str, Vec<&Series>> = BTreeMap::new();
+pub fn render_prometheus(series: &[HostSeries]) -> String {
+    let mut by_name: BTreeMap<&str, Vec<&HostSeries>> = BTreeMap::new();
     for s in series {
         by_name.entry(s.name.as_str()).or_default().push(s);
     }
@@ -524,7 +525,7 @@ pub fn render_prometheus(series: &[Series]) -> String {
 
 /// What happened between two snapshots of one store: counter and gauge differences, and the
 /// histogram samples recorded since `before`.
-pub fn delta(before: &[Series], after: &[Series]) -> Vec<Series> {
+pub fn delta(before: &[HostSeries], after: &[HostSeries]) -> Vec<HostSeries> {
     after
         .iter()
         .map(|s| {
@@ -549,7 +550,7 @@ pub fn delta(before: &[Series], after: &[Series]) -> Vec<Series> {
                 }
                 (value, _) => value.clone(),
             };
-            Series { value, ..s.clone() }
+            HostSeries { value, ..s.clone() }
         })
         .collect()
 }
@@ -557,7 +558,7 @@ pub fn delta(before: &[Series], after: &[Series]) -> Vec<Series> {
 /// Adds up every series named `name` whose labels include `labels`: counters and gauges by value,
 /// histograms by merging samples. `None` if no series matches.
 pub fn merge_matching(
-    series: &[Series],
+    series: &[HostSeries],
     name: &str,
     labels: &[(&str, &str)],
 ) -> Option<SeriesValue> {

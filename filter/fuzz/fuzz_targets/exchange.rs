@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use llm_metrics_filter::config::Config;
 use llm_metrics_filter::exchange::Exchange;
 use llm_metrics_filter::metrics::{Api, Op};
-use llm_metrics_filter::model::ModelId;
+use llm_metrics_filter::labels::ModelId;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&flags, rest)) = input.split_first() else { return };

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use llm_metrics_filter::model::{sanitize_model, MAX_MODEL_LABEL_BYTES};
+use llm_metrics_filter::labels::{sanitize_model, MAX_MODEL_LABEL_BYTES};
 use llm_metrics_filter::openai::parse_request;
 
 fuzz_target!(|data: &[u8]| {

@@ -18,7 +18,9 @@
 //! `none`, and a `hash` entry labels [`hash_label`] of the raw value instead of the value.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+#[cfg(test)]
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::LabelHeader;
@@ -370,13 +372,15 @@ pub fn admit_to_list(list: &mut Vec<u8>, name: &str, max: usize) -> Admission {
     }
 }
 
-/// An in-memory registry (one list per key), for tests of code that needs one.
+/// An in-memory registry (one list per key), for tests of code that needs one (not in what ships).
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     pub lists: BTreeMap<String, Vec<u8>>,
     pub calls: usize,
 }
 
+#[cfg(test)]
 impl Registry for MemoryRegistry {
     fn admit(&mut self, key: &str, name: &str, max: usize) -> Admission {
         self.calls += 1;
