@@ -6,11 +6,12 @@
 //! calls exactly once per stream, also when the client or the upstream went away and no
 //! `end_of_stream` ever arrived. `finish` returns the [`Observation`]; nothing here touches the host.
 //!
-//! Memory per exchange: this struct (about 240 bytes, of which 8 hold the extra label ids, 8 the longest inter-token gap,
+//! Memory per exchange: this struct (248 bytes, at most 256 by test, of which 8 hold the extra label ids, 8 the longest inter-token gap,
 //! 32 the first reasoning and first answer chunk times, and 2 the `<think>` tag matcher) plus, while
 //! they are being read, the request body (at most `max_request_body_bytes`, freed once parsed), a
 //! non-streaming response body (at most `max_response_body_bytes`, freed once parsed) or the SSE
-//! decoder's partial line and event (at most twice `max_event_bytes`). A gzip or deflate response
+//! decoder (88 bytes) and its partial line and event (each at most `max_event_bytes` of content;
+//! with growth slack their allocations stay within 4 × `max_event_bytes`, by test and fuzzing). A gzip or deflate response
 //! adds one [`Inflater`] ([`Inflater::SIZE`], 43,328 bytes: a 32 KiB window and the Huffman tables),
 //! allocated at its response headers only when the response is encoded and readable, and freed when
 //! its body ends; the decoded bytes pass through a 16 KiB stack buffer and are not kept (a JSON body

@@ -12,7 +12,9 @@
 //! `retry` and unknown fields are ignored (they carry nothing a metric needs). At end of stream an
 //! unfinished event is dropped, as the standard says.
 //!
-//! Memory: at most `max_event_bytes` for the pending line plus the same for the event's data. A larger
+//! Memory: at most `max_event_bytes` of content for the pending line, the same for the event's data
+//! (and its name); with the slack of growing buffers, the allocations stay within 4 ×
+//! `max_event_bytes` (`held_memory_stays_within_the_bound`, and the `sse_decoder` fuzz target). A larger
 //! event is skipped (its bytes are not kept) and reported once as [`Item::TooLarge`].
 
 /// What the decoder hands out.
@@ -366,7 +368,7 @@ mod tests {
         d.feed(b"data: ", &mut |_| {});
         for _ in 0..10 {
             d.feed(&big, &mut |_| {});
-            assert!(d.held_bytes() <= 3 * 64 + 64, "{}", d.held_bytes());
+            assert!(d.held_bytes() <= 4 * 64, "{}", d.held_bytes());
         }
     }
 
