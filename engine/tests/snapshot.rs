@@ -231,3 +231,70 @@ fn broken_snapshots_fail_with_the_reason() {
     let err = Qwen3::from_snapshot(tmp.path(), &Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("hidden_act"), "{err:#}");
 }
+
+async fn post_chat(router: &axum::Router, body: Value) -> Value {
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::post("/v1/chat/completions")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn loaded_weights_are_never_steered_into_thinking() {
+    // The preset's own weights (tiny, --seed 0) written as a snapshot: served as the preset they
+    // think, because the engine steers random weights; loaded with --model they are sampled as they
+    // are, and random weights do not open a think block by themselves.
+    let cfg = Qwen3Config::preset("tiny").unwrap();
+    let weights = random_weights(&cfg, 0, &Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    write_snapshot(tmp.path(), &weights, &cfg, 1, DType::F32);
+    let build = |argv: Vec<String>| async move {
+        let args = qwen3_engine::server::Args::parse_from(argv);
+        tokio::task::spawn_blocking(move || qwen3_engine::server::build(&args))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let loaded = build(vec![
+        "qwen3-engine".into(),
+        "--model".into(),
+        tmp.path().to_str().unwrap().into(),
+        "--served-model-name".into(),
+        "m".into(),
+    ])
+    .await;
+    let preset = build(vec![
+        "qwen3-engine".into(),
+        "--served-model-name".into(),
+        "m".into(),
+    ])
+    .await;
+    for seed in [1, 2, 3] {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "Think first."}],
+                          "max_tokens": 40, "seed": seed, "enable_thinking": true});
+        let steered = post_chat(&preset.router, body.clone()).await;
+        assert!(
+            steered["usage"]["completion_tokens_details"]["reasoning_tokens"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{steered}"
+        );
+        let free = post_chat(&loaded.router, body).await;
+        assert_eq!(
+            free["usage"]["completion_tokens_details"]["reasoning_tokens"], 0,
+            "{free}"
+        );
+        let msg = &free["choices"][0]["message"];
+        assert!(msg["reasoning_content"].is_null(), "{free}");
+        assert!(!msg["content"].as_str().unwrap_or("").contains("think>"));
+    }
+}
