@@ -4,21 +4,24 @@
 //! chat template make the prompts. (That weights loaded with `--model` are not steered is in
 //! `tests/snapshot.rs`, which writes snapshots.)
 
+mod common;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use axum::Router;
 use clap::Parser;
-use http_body_util::BodyExt;
+use common::post_chat;
 use qwen3_engine::chat::{locate_tokenizer_dir, ChatTokenizer};
 use qwen3_engine::sampling::{reasoning_len, REASONING_MIN};
 use qwen3_engine::scheduler::SchedulerConfig;
 use qwen3_engine::scripted::ScriptedBackend;
 use qwen3_engine::server::assemble;
 use serde_json::{json, Value};
-use tower::ServiceExt;
+
+/// What the two servers are called (the preset's default name, and the scripted one's).
+const PRESET: &str = "qwen3-tiny";
+const SCRIPTED: &str = "qwen3-test";
 
 /// The random tiny preset, built once (as the binary builds it without `--model`).
 async fn preset() -> Router {
@@ -55,7 +58,7 @@ fn scripted(steer_thinking: bool) -> Router {
         max_num_batched_tokens: 512,
         steer_thinking,
     };
-    assemble(backend, t, "qwen3-test".into(), cfg, Duration::from_secs(1))
+    assemble(backend, t, SCRIPTED.into(), cfg, Duration::from_secs(1))
         .unwrap()
         .router
 }
@@ -86,44 +89,16 @@ impl Stream {
     }
 }
 
-async fn stream_chat(router: &Router, extra: Value) -> Stream {
+async fn stream_chat(router: &Router, model: &str, extra: Value) -> Stream {
     let mut body = json!({
-        "model": "ignored",
+        "model": model,
         "messages": [{"role": "user", "content": "Why is the sky blue?"}],
         "stream": true, "stream_options": {"include_usage": true},
     });
     body.as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    // Both servers accept only their own name; ask each for it.
-    let models = router
-        .clone()
-        .oneshot(Request::get("/v1/models").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let models: Value =
-        serde_json::from_slice(&models.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    body["model"] = models["data"][0]["id"].clone();
-    let resp = router
-        .clone()
-        .oneshot(
-            Request::post("/v1/chat/completions")
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = post_chat(router, &body).await;
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
     let mut s = Stream {
         deltas: Vec::new(),
@@ -157,6 +132,7 @@ async fn the_random_preset_reasons_then_answers() {
     let r = preset().await;
     let s = stream_chat(
         &r,
+        PRESET,
         json!({"seed": 7, "max_tokens": 200, "enable_thinking": true}),
     )
     .await;
@@ -182,6 +158,7 @@ async fn the_seed_decides_the_reasoning_length() {
         async move {
             stream_chat(
                 &r,
+                PRESET,
                 json!({"seed": seed, "max_tokens": 160, "chat_template_kwargs": {"enable_thinking": true}}),
             )
             .await
@@ -208,7 +185,7 @@ async fn the_seed_decides_the_reasoning_length() {
 async fn without_a_seed_thinking_leaves_room_for_the_answer() {
     // As the demo asks: thinking on, no seed, a small budget.
     let r = preset().await;
-    let s = stream_chat(&r, json!({"max_tokens": 48})).await;
+    let s = stream_chat(&r, PRESET, json!({"max_tokens": 48})).await;
     assert!((1..=24).contains(&s.reasoning_tokens()), "{s:?}");
     assert!(!s.content().is_empty(), "{s:?}");
 }
@@ -219,6 +196,7 @@ async fn thinking_off_has_no_reasoning() {
     for seed in [1, 2] {
         let s = stream_chat(
             &r,
+            PRESET,
             json!({"seed": seed, "max_tokens": 40, "enable_thinking": false}),
         )
         .await;
@@ -235,6 +213,7 @@ async fn a_small_max_tokens_ends_inside_the_reasoning() {
     let max_tokens = REASONING_MIN - 2;
     let s = stream_chat(
         &r,
+        PRESET,
         json!({"seed": 11, "max_tokens": max_tokens, "enable_thinking": true}),
     )
     .await;
@@ -250,7 +229,7 @@ async fn reasoning_tokens_count_exactly_what_was_sent() {
     // The scripted model says " la" at every step, one token each, so the reasoning text shows how
     // many tokens were sent as reasoning.
     let r = scripted(true);
-    let s = stream_chat(&r, json!({"seed": 5, "max_tokens": 300})).await;
+    let s = stream_chat(&r, SCRIPTED, json!({"seed": 5, "max_tokens": 300})).await;
     let n = reasoning_len(Some(5), 300);
     assert_eq!(s.reasoning(), " la".repeat(n), "{s:?}");
     assert_eq!(s.reasoning_tokens(), n as u64);
@@ -261,7 +240,12 @@ async fn reasoning_tokens_count_exactly_what_was_sent() {
 
 #[tokio::test]
 async fn without_steering_the_model_is_sampled_as_it_is() {
-    let s = stream_chat(&scripted(false), json!({"seed": 5, "max_tokens": 10})).await;
+    let s = stream_chat(
+        &scripted(false),
+        SCRIPTED,
+        json!({"seed": 5, "max_tokens": 10}),
+    )
+    .await;
     assert_eq!(s.reasoning_tokens(), 0);
     assert_eq!(s.content(), " la".repeat(10));
 }
