@@ -142,6 +142,18 @@ impl ChatTokenizer {
         })
     }
 
+    /// The tokens [`crate::sampling::ThinkingConstraint`] steers with; `None` for a tokenizer
+    /// without Qwen3's think tags.
+    pub fn thinking_tokens(&self) -> Option<crate::sampling::ThinkingTokens> {
+        Some(crate::sampling::ThinkingTokens {
+            think_start: self.think_start?,
+            think_end: self.think_end?,
+            // What Qwen3's template writes for `add_generation_prompt`.
+            generation_prompt: self.encode("<|im_start|>assistant\n").ok()?,
+            stop: self.stop_token_ids.clone(),
+        })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }
@@ -345,6 +357,27 @@ mod tests {
             render(&t, json!([{"role": "user", "content": "Hi"}]), Some(true)),
             render(&t, json!([{"role": "user", "content": "Hi"}]), None)
         );
+    }
+
+    #[test]
+    fn only_thinking_prompts_end_with_the_generation_prompt_tokens() {
+        // The thinking constraint tells thinking from non-thinking requests by these tokens.
+        let t = tok();
+        let g = t.thinking_tokens().unwrap();
+        assert_eq!(g.generation_prompt.len(), 3, "{:?}", g.generation_prompt);
+        let ids = |thinking| {
+            t.encode(&render(
+                &t,
+                json!([{"role": "user", "content": "Hi"}]),
+                thinking,
+            ))
+            .unwrap()
+        };
+        assert!(ids(None).ends_with(&g.generation_prompt));
+        assert!(ids(Some(true)).ends_with(&g.generation_prompt));
+        assert!(!ids(Some(false)).ends_with(&g.generation_prompt));
+        assert_eq!(Some(g.think_start), t.think_start);
+        assert!(g.stop.contains(&151645));
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! Prometheus metric names and buckets. Its `usage` counts are exact and serve as the ground
 //! truth the gateway's numbers are checked against.
 //!
+//! Without `--model` the weights are random, and random weights never open a think block, so the
+//! scheduler gives thinking requests Qwen3's `<think>…</think>` shape through a constraint on
+//! sampling ([`sampling::ThinkingConstraint`]) and the reasoning path is exercised end to end.
+//! Loaded weights are never steered.
+//!
 //! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
 //! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
 //! [`metrics`] (vLLM series), [`api`] (HTTP handlers), [`server`] (flags and assembly), and

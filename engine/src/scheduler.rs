@@ -7,6 +7,10 @@
 //! Every sampled token goes through detokenization, the Qwen3 reasoning split and stop checks here,
 //! so `usage` and the metrics count exactly the tokens the client received.
 //!
+//! With [`SchedulerConfig::steer_thinking`] (random weights only), each request's logits pass
+//! through a [`ThinkingConstraint`] before sampling, so thinking requests open with `<think>`,
+//! reason for a seed-drawn number of tokens and close with `</think>` as Qwen3 does.
+//!
 //! A request is cancelled when its event receiver is dropped (the client disconnected, or the
 //! HTTP handler was dropped): the next step frees its slot and its KV cache.
 
@@ -20,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::chat::{ChatTokenizer, Detokenizer};
 use crate::metrics::{FinishedReason, Metrics};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, ThinkingConstraint, ThinkingTokens};
 
 /// The model as the scheduler sees it: per-sequence caches and one batched step.
 pub trait Backend: Send + 'static {
@@ -65,6 +69,10 @@ pub struct SchedulerConfig {
     /// reservations of the running ones.
     pub kv_cache_tokens: usize,
     pub max_num_batched_tokens: usize,
+    /// Give thinking requests Qwen3's `<think>…</think>` shape through a [`ThinkingConstraint`] on
+    /// sampling. Only for random weights, which would never think by themselves; trained weights
+    /// (`--model`) must never be steered.
+    pub steer_thinking: bool,
 }
 
 impl SchedulerConfig {
@@ -248,8 +256,14 @@ pub fn spawn<B: Backend>(
     std::thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || {
+            let thinking = if s.cfg.steer_thinking {
+                tokenizer.thinking_tokens()
+            } else {
+                None
+            };
             let mut sched = Scheduler {
                 backend,
+                thinking,
                 tok: tokenizer,
                 shared: s.clone(),
                 running: Vec::new(),
@@ -274,6 +288,8 @@ struct Running<C> {
     fed: usize,
     generated: Vec<u32>,
     sampler: Sampler,
+    /// Qwen3's thinking shape for random weights; `None` when not steering.
+    steer: Option<ThinkingConstraint>,
     detok: Detokenizer,
     mode: Mode,
     reasoning_seen: bool,
@@ -295,6 +311,8 @@ impl<C> Running<C> {
 struct Scheduler<B: Backend> {
     backend: B,
     tok: Arc<ChatTokenizer>,
+    /// Set when steering thinking (see [`SchedulerConfig::steer_thinking`]).
+    thinking: Option<ThinkingTokens>,
     shared: Arc<Shared>,
     running: Vec<Running<B::Cache>>,
     reserved: usize,
@@ -366,6 +384,14 @@ impl<B: Backend> Scheduler<B> {
                     fed: 0,
                     generated: Vec::new(),
                     sampler: Sampler::new(req.sampling.clone()),
+                    steer: self.thinking.as_ref().map(|t| {
+                        ThinkingConstraint::for_prompt(
+                            t,
+                            &req.prompt,
+                            req.sampling.seed,
+                            req.max_tokens,
+                        )
+                    }),
                     detok: Detokenizer::default(),
                     mode: Mode::Content,
                     reasoning_seen: false,
@@ -489,6 +515,9 @@ impl<B: Backend> Scheduler<B> {
                     .metrics
                     .prompt_tokens
                     .inc_by(r.req.prompt.len() as u64);
+            }
+            if let Some(c) = &r.steer {
+                c.apply(r.generated.len(), &mut row);
             }
             let token = r.sampler.sample(&mut row);
             if let Some(reason) = on_token(r, token, &self.tok, &self.shared) {

@@ -141,16 +141,7 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
         );
     }
     let kv_per_token = model.config().kv_bytes_per_token();
-    let sched = SchedulerConfig {
-        max_num_seqs: args.max_num_seqs,
-        max_queue: args.max_queue,
-        max_model_len,
-        // By default every slot can hold a full context; memory grows only with actual use.
-        kv_cache_tokens: args
-            .kv_cache_tokens
-            .unwrap_or(args.max_num_seqs.max(1) * max_model_len),
-        max_num_batched_tokens: args.max_num_batched_tokens,
-    };
+    let sched = scheduler_config(args, max_model_len);
     tracing::info!(
         "max_model_len {max_model_len}, KV budget {} tokens (at most {:.1} GiB at {} KiB per token)",
         sched.kv_cache_tokens,
@@ -164,6 +155,23 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
         sched,
         Duration::from_secs(args.sse_keepalive_secs.max(1)),
     )
+}
+
+/// The scheduler's settings from the flags.
+fn scheduler_config(args: &Args, max_model_len: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs: args.max_num_seqs,
+        max_queue: args.max_queue,
+        max_model_len,
+        // By default every slot can hold a full context; memory grows only with actual use.
+        kv_cache_tokens: args
+            .kv_cache_tokens
+            .unwrap_or(args.max_num_seqs.max(1) * max_model_len),
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        // Random preset weights get Qwen3's thinking shape imposed (they would never open a think
+        // block); weights loaded with --model are trained and sampled as they are.
+        steer_thinking: args.model.is_none(),
+    }
 }
 
 /// Starts a scheduler over any backend and builds the router around it (tests use the scripted
@@ -266,5 +274,13 @@ mod tests {
         let args = Args::parse_from(["qwen3-engine", "--model", missing.to_str().unwrap_or(".")]);
         let err = format!("{:#}", build(&args).err().expect("missing snapshot"));
         assert!(err.starts_with("--model: cannot read "), "{err}");
+    }
+
+    #[test]
+    fn only_the_random_presets_steer_thinking() {
+        let cfg = |argv: &[&str]| scheduler_config(&Args::parse_from(argv), 1024);
+        assert!(cfg(&["qwen3-engine"]).steer_thinking);
+        assert!(cfg(&["qwen3-engine", "--preset", "qwen3-0.6b"]).steer_thinking);
+        assert!(!cfg(&["qwen3-engine", "--model", "some/snapshot"]).steer_thinking);
     }
 }

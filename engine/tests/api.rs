@@ -51,6 +51,7 @@ fn sched(max_num_seqs: usize, max_queue: usize) -> SchedulerConfig {
         max_model_len: 256,
         kv_cache_tokens: 4096,
         max_num_batched_tokens: 512,
+        steer_thinking: false,
     }
 }
 

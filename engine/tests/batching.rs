@@ -2,29 +2,18 @@
 //! decode steps at different positions and prefilled in small chunks next to decoding sequences,
 //! must produce exactly what each produces alone.
 
-use axum::body::Body;
-use axum::http::Request;
+mod common;
+
 use clap::Parser;
-use http_body_util::BodyExt;
+use common::post_chat_json;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 async fn chat(router: &axum::Router, text: &str) -> Value {
     let body = json!({
         "messages": [{"role": "user", "content": text}],
         "max_tokens": 12, "temperature": 0, "enable_thinking": false
     });
-    let resp = router
-        .clone()
-        .oneshot(
-            Request::post("/v1/chat/completions")
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    post_chat_json(router, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

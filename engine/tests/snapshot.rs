@@ -2,19 +2,18 @@
 //! generation_config.json, safetensors single-file or sharded with an index) written by the test
 //! itself, since weights cannot be downloaded here.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Parser;
-use http_body_util::BodyExt;
+use common::post_chat_json;
 use qwen3_engine::chat::locate_tokenizer_dir;
 use qwen3_engine::qwen3::{random_weights, Qwen3, Qwen3Config, StepInput};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 fn config_json(c: &Qwen3Config) -> Value {
     // The shape of a real Qwen3 config.json, including fields the engine ignores.
@@ -139,18 +138,7 @@ async fn serve_one_chat(dir: &Path) -> Value {
     let name = dir.file_name().unwrap().to_str().unwrap().to_owned();
     assert_eq!(built.model_name, name);
     let body = json!({"model": name, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0});
-    let resp = built
-        .router
-        .oneshot(
-            Request::post("/v1/chat/completions")
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    post_chat_json(&built.router, &body).await
 }
 
 #[tokio::test]
@@ -230,4 +218,56 @@ fn broken_snapshots_fail_with_the_reason() {
     std::fs::write(tmp.path().join("config.json"), bad.to_string()).unwrap();
     let err = Qwen3::from_snapshot(tmp.path(), &Device::Cpu).unwrap_err();
     assert!(format!("{err:#}").contains("hidden_act"), "{err:#}");
+}
+
+#[tokio::test]
+async fn loaded_weights_are_never_steered_into_thinking() {
+    // The preset's own weights (tiny, --seed 0) written as a snapshot: served as the preset they
+    // think, because the engine steers random weights; loaded with --model they are sampled as they
+    // are, and random weights do not open a think block by themselves.
+    let cfg = Qwen3Config::preset("tiny").unwrap();
+    let weights = random_weights(&cfg, 0, &Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    write_snapshot(tmp.path(), &weights, &cfg, 1, DType::F32);
+    let build = |argv: Vec<String>| async move {
+        let args = qwen3_engine::server::Args::parse_from(argv);
+        tokio::task::spawn_blocking(move || qwen3_engine::server::build(&args))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let loaded = build(vec![
+        "qwen3-engine".into(),
+        "--model".into(),
+        tmp.path().to_str().unwrap().into(),
+        "--served-model-name".into(),
+        "m".into(),
+    ])
+    .await;
+    let preset = build(vec![
+        "qwen3-engine".into(),
+        "--served-model-name".into(),
+        "m".into(),
+    ])
+    .await;
+    for seed in [1, 2, 3] {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "Think first."}],
+                          "max_tokens": 40, "seed": seed, "enable_thinking": true});
+        let steered = post_chat_json(&preset.router, &body).await;
+        assert!(
+            steered["usage"]["completion_tokens_details"]["reasoning_tokens"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{steered}"
+        );
+        let free = post_chat_json(&loaded.router, &body).await;
+        assert_eq!(
+            free["usage"]["completion_tokens_details"]["reasoning_tokens"], 0,
+            "{free}"
+        );
+        let msg = &free["choices"][0]["message"];
+        assert!(msg["reasoning_content"].is_null(), "{free}");
+        assert!(!msg["content"].as_str().unwrap_or("").contains("think>"));
+    }
 }

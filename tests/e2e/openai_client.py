@@ -8,7 +8,8 @@ Run by the end-to-end test `openai_python_client_works_through_the_gateway_and_i
 
 It sends a non-streaming chat completion (thinking off) and a streaming one with
 stream_options.include_usage (thinking on), asserts the parsed objects (content, finish_reason, usage
-arithmetic, the usage-only final chunk), and prints as its last line a JSON summary of the usage the
+arithmetic, the usage-only final chunk; reasoning_content and reasoning_tokens >= 1 when thinking), and
+prints as its last line a JSON summary of the usage the
 client saw, which the test compares with the gateway's counters. Exit status 1 with a message on the
 first failed check. Needs `openai` in the venv (`bash envoy/setup.sh --test`).
 
@@ -74,7 +75,7 @@ def main():
     stream = client.chat.completions.create(model=args.model, messages=messages, max_tokens=16, temperature=0,
                                             stream=True, **options,
                                             extra_body={"chat_template_kwargs": {"enable_thinking": True}})
-    text, finish, usage, chunks, usage_chunk_choices = [], None, None, 0, None
+    text, reasoning, finish, usage, chunks, usage_chunk_choices = [], [], None, None, 0, None
     for chunk in stream:
         chunks += 1
         check(chunk.object == "chat.completion.chunk", f"stream: object {chunk.object!r}")
@@ -86,16 +87,19 @@ def main():
         for c in chunk.choices:
             delta = c.delta
             text.append(delta.content or "")
-            # The engine also sends Qwen3 reasoning as reasoning_content (an extra field the client keeps).
-            text.append(getattr(delta, "reasoning_content", None) or "")
+            # The engine sends Qwen3 reasoning as reasoning_content (an extra field the client keeps);
+            # the random-weight preset reasons in thinking mode, so it must be there.
+            reasoning.append(getattr(delta, "reasoning_content", None) or "")
             if c.finish_reason is not None:
                 finish = c.finish_reason
     check(chunks >= 3, f"stream: {chunks} chunks")
-    check("".join(text) != "", "stream: some content or reasoning text")
+    check("".join(reasoning) != "", "stream: reasoning_content in thinking mode")
     check(finish in ("stop", "length"), f"stream: finish_reason {finish!r}")
     if asked:
         check(usage_chunk_choices == [], "stream: the usage chunk has choices == []")
         add(usage, "stream")
+        reasoning_tokens = usage.completion_tokens_details and usage.completion_tokens_details.reasoning_tokens
+        check((reasoning_tokens or 0) >= 1, f"stream: reasoning_tokens >= 1 in thinking mode ({usage})")
     totals["streaming_requests"] += 1
 
     print(json.dumps(totals))

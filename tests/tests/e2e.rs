@@ -710,8 +710,9 @@ fn tokens_match(s: &Scrape, model: &str, api: &str, t: &Totals) -> std::result::
 
 /// The real engine behind Envoy: chat requests streaming and not, thinking on (the
 /// `chat_template_kwargs` form) and off (the top-level form), and a streaming legacy completion.
-/// The gateway's token counters equal the `usage` the client received, summed, and the engine's
-/// own `vllm:prompt_tokens_total` / `vllm:generation_tokens_total`.
+/// The gateway's token counters, reasoning included, equal the `usage` the client received, summed,
+/// and the engine's own `vllm:prompt_tokens_total` / `vllm:generation_tokens_total`; the streamed
+/// thinking request gives one reasoning duration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_usage_equals_gateway_token_counters_and_engine_metrics() {
     bounded(Duration::from_secs(120), async {
@@ -743,6 +744,8 @@ async fn engine_usage_equals_gateway_token_counters_and_engine_metrics() {
             prompt_by_thinking[&false] > prompt_by_thinking[&true],
             "thinking off should add the empty think block to the prompt: {prompt_by_thinking:?}"
         );
+        // The random preset reasons in thinking mode, so the reasoning series is exercised too.
+        ensure!(chat.reasoning > 0, "no reasoning tokens in thinking mode: {chat:?}");
         let mut legacy = Totals::default();
         let body = json!({"model": model, "prompt": "The gateway counts", "max_tokens": 8, "temperature": 0,
             "stream": true, "stream_options": {"include_usage": true}});
@@ -756,6 +759,11 @@ async fn engine_usage_equals_gateway_token_counters_and_engine_metrics() {
                 let all = s.sum("llm_requests_total", &[]);
                 if (done, all) != (5.0, 5.0) {
                     return Err(format!("llm_requests_total completed {done}, all {all}; want 5"));
+                }
+                // The one streamed thinking request reasoned, then answered.
+                let reasoned = s.sum("llm_reasoning_duration_ms_count", &[("model", &model)]);
+                if reasoned != 1.0 {
+                    return Err(format!("llm_reasoning_duration_ms_count = {reasoned}, want 1"));
                 }
                 Ok(())
             })

@@ -149,6 +149,8 @@ fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
             max_model_len: 4096,
             kv_cache_tokens: 65_536,
             max_num_batched_tokens: args.chunk.max(max_streams),
+            // The benchmark times decode steps on raw token prompts; sampling stays unconstrained.
+            steer_thinking: false,
         },
         registry.metrics.clone(),
     )?;
