@@ -138,7 +138,9 @@ impl Config {
             let inner = e.into_inner();
             ConfigError {
                 field: match unknown_field_name(&inner.to_string()) {
-                    Some(name) if path == "." => name,
+                    Some(name) if path == "." || path.is_empty() => name,
+                    // An empty key is its own path: name it so it reads as one.
+                    _ if path.is_empty() => "\"\"".to_owned(),
                     _ => path,
                 },
                 message: inner.to_string(),
@@ -156,8 +158,19 @@ impl Config {
 /// the name, also inside `label_headers[i]`).
 fn unknown_field_name(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
-    let end = rest.find('`')?;
-    rest.get(..end).map(str::to_owned)
+    // serde writes "unknown field `NAME`, expected ...": the name itself may hold a backtick.
+    let end = rest.rfind("`, expected").or_else(|| rest.rfind('`'))?;
+    let name = rest.get(..end)?;
+    // A name that would not read as one (empty, spaces, quotes, backticks) is shown quoted.
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    Some(if plain {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    })
 }
 
 fn bounded(
@@ -755,5 +768,14 @@ mod tests {
         let e = Config::parse(br#"{"inject_max_request_bytes":0}"#).unwrap_err();
         assert_eq!(e.field, "inject_max_request_bytes");
         assert!(e.message.contains('0'), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_with_an_empty_name_is_named_quoted() {
+        // Found by the `config` fuzz target: an empty key gave the error "field ``".
+        let e = Config::parse(br#"{"": 1}"#).unwrap_err();
+        assert_eq!(e.field, r#""""#);
+        let e = Config::parse(br#"{"max_model": 1}"#).unwrap_err();
+        assert_eq!(e.field, "max_model");
     }
 }
