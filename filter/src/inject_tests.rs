@@ -55,6 +55,15 @@ fn leaves_requests_it_must_not_or_cannot_edit() {
 }
 
 #[test]
+fn a_body_that_is_not_utf8_is_never_edited() {
+    // Found by the `inject` fuzz target: an invalid byte inside a string the probe skips.
+    assert_eq!(
+        rewrite_request(b"{\"model\":\"m\xc5\",\"stream\":true,\"stream_options\":{}}"),
+        None
+    );
+}
+
+#[test]
 fn a_rewritten_request_parses_with_the_option_and_every_other_member() {
     let body = r#"{"model":"qwen","stream":true,"temperature":0.5,"messages":[{"role":"user","content":"}"}]}"#;
     let out = rewrite_request(body.as_bytes()).unwrap_or_default();
