@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::attention::{flash_attn, AttnMask};
 use candle_nn::{Embedding, VarBuilder};
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
 
 /// The subset of a Hugging Face `config.json` that the Qwen3 architecture needs.
