@@ -18,7 +18,9 @@ bash envoy/setup.sh --test
 
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy -p llm-metrics-filter --all-targets -- -D warnings
+# Every member and target with the workspace lints; then the filter's two other builds, whose shells
+# (the dynamic module, the proxy-wasm host) the plain native build leaves out.
+cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p llm-metrics-filter --features dynamic-module --all-targets -- -D warnings
 cargo clippy -p llm-metrics-filter --target wasm32-wasip1 -- -D warnings
 

@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::attention::{flash_attn, AttnMask};
 use candle_nn::{Embedding, VarBuilder};
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
 
 /// The subset of a Hugging Face `config.json` that the Qwen3 architecture needs.
@@ -244,14 +244,14 @@ impl std::fmt::Debug for Qwen3 {
 
 impl Qwen3 {
     /// Builds the model from checkpoint tensors named as in Hugging Face Qwen3 snapshots.
-    pub fn load(cfg: &Qwen3Config, vb: VarBuilder) -> anyhow::Result<Self> {
+    pub fn load(cfg: &Qwen3Config, vb: VarBuilder<'_>) -> anyhow::Result<Self> {
         cfg.validate()?;
         let device = vb.device().clone();
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
         let nh = cfg.num_attention_heads;
         let nkv = cfg.num_key_value_heads;
-        let linear = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Lin> {
+        let linear = |vb: VarBuilder<'_>, i: usize, o: usize| -> anyhow::Result<Lin> {
             let w = vb.get((o, i), "weight")?;
             let b = if cfg.attention_bias {
                 Some(vb.get(o, "bias")?)
@@ -260,7 +260,7 @@ impl Qwen3 {
             };
             Ok(Lin::new(w, b))
         };
-        let plain = |vb: VarBuilder, i: usize, o: usize| -> anyhow::Result<Lin> {
+        let plain = |vb: VarBuilder<'_>, i: usize, o: usize| -> anyhow::Result<Lin> {
             Ok(Lin::new(vb.get((o, i), "weight")?, None))
         };
         let embed_w = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;

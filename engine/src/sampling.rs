@@ -3,7 +3,7 @@
 //! Qwen3's thinking shape.
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -39,7 +39,7 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = match params.seed {
             Some(s) => StdRng::seed_from_u64(s),
-            None => StdRng::from_os_rng(),
+            None => rand::make_rng(),
         };
         Self {
             params,

@@ -48,7 +48,7 @@ impl Backend for crate::qwen3::Qwen3 {
         &mut self,
         batch: &mut [(&mut Self::Cache, &[u32])],
     ) -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut inputs: Vec<crate::qwen3::StepInput> = batch
+        let mut inputs: Vec<crate::qwen3::StepInput<'_>> = batch
             .iter_mut()
             .map(|(c, t)| crate::qwen3::StepInput {
                 cache: c,

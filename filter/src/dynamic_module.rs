@@ -124,7 +124,7 @@ pub mod abi {
     /// `..._request_body_status_StopIterationAndBuffer` (and the body with them).
     pub const STOP_ITERATION_AND_BUFFER: u32 = 1;
 
-    extern "C" {
+    unsafe extern "C" {
         pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
 
         pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(

@@ -38,7 +38,7 @@ proxy_wasm::main! {{
 /// host invents must not become an invalid enum.
 mod sys {
     #[link(wasm_import_module = "env")]
-    extern "C" {
+    unsafe extern "C" {
         pub fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
         pub fn proxy_get_current_time_nanoseconds(ret: *mut u64) -> u32;
         pub fn proxy_get_buffer_bytes(
@@ -153,6 +153,7 @@ fn get_buffer_range(buffer: u32, start: usize, size: usize) -> Result<Vec<u8>, H
     let (mut data, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: out-pointers are live; on success the host hands us the allocation.
     match unsafe { sys::proxy_get_buffer_bytes(buffer, start, size, &mut data, &mut len) } {
+        // SAFETY: the call succeeded, so `data`/`len` are the allocation the host made for us.
         STATUS_OK => Ok(unsafe { owned(data, len) }),
         STATUS_NOT_FOUND => Ok(Vec::new()),
         s => Err(HostError(s)),
@@ -165,6 +166,7 @@ fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {
     match unsafe {
         sys::proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut len)
     } {
+        // SAFETY: the call succeeded, so `data`/`len` are the allocation the host made for us.
         STATUS_OK => Some(unsafe { owned(data, len) }),
         _ => None,
     }
@@ -194,6 +196,7 @@ fn get_u64_property(path: &[&str]) -> Option<u64> {
     let bytes = match unsafe {
         sys::proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut len)
     } {
+        // SAFETY: the call succeeded, so `data`/`len` are the allocation the host made for us.
         STATUS_OK => unsafe { owned(data, len) },
         _ => return None,
     };
@@ -207,6 +210,7 @@ fn get_shared(key: &str) -> Result<(Vec<u8>, u32), HostError> {
     match unsafe {
         sys::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut len, &mut cas)
     } {
+        // SAFETY: the call succeeded, so `data`/`len` are the allocation the host made for us.
         STATUS_OK => Ok((unsafe { owned(data, len) }, cas)),
         STATUS_NOT_FOUND => Ok((Vec::new(), 0)),
         s => Err(HostError(s)),

@@ -43,6 +43,17 @@
 //! assert_eq!(obs.ttft_ms, Some(150));
 //! ```
 
+// A panic kills the filter's wasm VM, or the whole Envoy process for the dynamic module, so the
+// library has no panicking shortcuts: unwrap, expect, panic! and unchecked indexing are errors. They
+// are set here rather than in Cargo.toml because the crate takes the workspace lints, which a member
+// cannot extend there. Unit tests may still use them (filter/clippy.toml allows them in test code).
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 pub mod config;
 pub mod encoding;
 pub mod exchange;

@@ -7,8 +7,8 @@
 //! documented soak: `SOAK_REQUESTS=20000 cargo test -p gateway-tests --test soak -- --nocapture`
 //! (results in `tests/RELIABILITY.md`).
 
+// support.rs allows its own dead code: each suite uses a different part.
 #[path = "e2e/support.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::collections::BTreeMap;

@@ -58,7 +58,7 @@ pub fn now_secs() -> u64 {
 
 /// An id like OpenAI's: `prefix` and 128 random bits in hex.
 pub fn random_id(prefix: &str) -> String {
-    use rand::Rng;
+    use rand::RngExt;
     let n: u128 = rand::rng().random();
     format!("{prefix}{n:032x}")
 }

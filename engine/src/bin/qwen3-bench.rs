@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         // Different prompt lengths so the sequences sit at different positions.
         let mut caches: Vec<_> = (0..b).map(|_| model.new_cache()).collect();
         let prompts: Vec<Vec<u32>> = (0..b).map(|i| prompt(16 + 5 * i, i as u32)).collect();
-        let mut inputs: Vec<StepInput> = caches
+        let mut inputs: Vec<StepInput<'_>> = caches
             .iter_mut()
             .zip(&prompts)
             .map(|(c, p)| StepInput {
@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         for _ in 0..steps {
             let toks: Vec<[u32; 1]> = next.iter().map(|t| [*t]).collect();
-            let mut inputs: Vec<StepInput> = caches
+            let mut inputs: Vec<StepInput<'_>> = caches
                 .iter_mut()
                 .zip(&toks)
                 .map(|(c, t)| StepInput {
