@@ -70,6 +70,25 @@ async fn post(
 /// A metric, labels its samples must have, and the sum they must reach.
 type Want<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
 
+/// `llm_requests_total` of `model` that ended with `outcome`.
+fn ended<'a>(model: &'a str, outcome: &'a str, n: f64) -> Want<'a> {
+    (
+        "llm_requests_total",
+        vec![("model", model), ("outcome", outcome)],
+        n,
+    )
+}
+
+/// `llm_tokens_total` of `model`'s output from `source` (`usage` or `estimated`).
+fn output<'a>(model: &'a str, source: &'a str, n: f64) -> Want<'a> {
+    let labels = vec![
+        ("model", model),
+        ("token_type", "output"),
+        ("source", source),
+    ];
+    ("llm_tokens_total", labels, n)
+}
+
 /// Waits until every `(metric, labels, value)` sums to its value; the error lists each that does not.
 async fn expect_sums(envoy: &Envoy, want: &[Want<'_>]) -> Result<Scrape> {
     envoy
@@ -197,24 +216,8 @@ async fn scripted_faults_with(build: Build) -> Result<()> {
     let n = cases.len() as f64;
     want.extend([
         // The stream cut short keeps the tokens it had, estimated (no usage arrived).
-        (
-            "llm_tokens_total",
-            vec![
-                ("model", "no-done"),
-                ("token_type", "output"),
-                ("source", "estimated"),
-            ],
-            3.0,
-        ),
-        (
-            "llm_tokens_total",
-            vec![
-                ("model", "finish-no-done"),
-                ("token_type", "output"),
-                ("source", "estimated"),
-            ],
-            3.0,
-        ),
+        output("no-done", "estimated", 3.0),
+        output("finish-no-done", "estimated", 3.0),
         (
             "llm_requests_total",
             vec![
@@ -358,53 +361,22 @@ async fn lying_length_with(build: Build) -> Result<()> {
         "connection refused answered {}",
         refused.status
     );
-    let est = |model| {
-        (
-            "llm_tokens_total",
-            vec![
-                ("model", model),
-                ("token_type", "output"),
-                ("source", "estimated"),
-            ],
-            2.0,
-        )
-    };
     expect_sums(
         &envoy,
         &[
-            (
-                "llm_requests_total",
-                vec![("model", "json-more"), ("outcome", "upstream_abort")],
-                1.0,
-            ),
-            (
-                "llm_requests_total",
-                vec![("model", "json-less"), ("outcome", "completed")],
-                1.0,
-            ),
-            (
-                "llm_requests_total",
-                vec![("model", "sse-more"), ("outcome", "completed")],
-                1.0,
-            ),
-            (
-                "llm_requests_total",
-                vec![("model", "sse-less"), ("outcome", "upstream_abort")],
-                1.0,
-            ),
-            est("sse-more"),
-            est("sse-less"),
+            ended("json-more", "upstream_abort", 1.0),
+            ended("json-less", "completed", 1.0),
+            ended("sse-more", "completed", 1.0),
+            ended("sse-less", "upstream_abort", 1.0),
+            output("sse-more", "estimated", 2.0),
+            output("sse-less", "estimated", 2.0),
             (
                 "llm_filter_errors_total",
                 vec![("kind", "response_parse")],
                 1.0,
             ),
             ("llm_filter_errors_total", vec![], 1.0),
-            (
-                "llm_requests_total",
-                vec![("model", "refused"), ("outcome", "error")],
-                1.0,
-            ),
+            ended("refused", "error", 1.0),
             (
                 "llm_requests_total",
                 vec![("model", "refused"), ("status_class", "5xx")],
@@ -516,47 +488,16 @@ async fn hundred_streams_with(build: Build) -> Result<()> {
     for t in tasks {
         t.await??;
     }
-    let est = |model| {
-        (
-            "llm_tokens_total",
-            vec![
-                ("model", model),
-                ("token_type", "output"),
-                ("source", "estimated"),
-            ],
-            90.0,
-        )
-    };
     expect_sums(
         &envoy,
         &[
-            (
-                "llm_requests_total",
-                vec![("model", "h2-cancel"), ("outcome", "client_abort")],
-                30.0,
-            ),
-            (
-                "llm_requests_total",
-                vec![("model", "h2-reset"), ("outcome", "upstream_abort")],
-                30.0,
-            ),
-            (
-                "llm_requests_total",
-                vec![("model", "h2-whole"), ("outcome", "completed")],
-                40.0,
-            ),
+            ended("h2-cancel", "client_abort", 30.0),
+            ended("h2-reset", "upstream_abort", 30.0),
+            ended("h2-whole", "completed", 40.0),
             ("llm_requests_total", vec![], 100.0),
-            est("h2-cancel"),
-            est("h2-reset"),
-            (
-                "llm_tokens_total",
-                vec![
-                    ("model", "h2-whole"),
-                    ("token_type", "output"),
-                    ("source", "usage"),
-                ],
-                120.0,
-            ),
+            output("h2-cancel", "estimated", 90.0),
+            output("h2-reset", "estimated", 90.0),
+            output("h2-whole", "usage", 120.0),
             ("llm_active_requests", vec![], 0.0),
         ],
     )
@@ -829,34 +770,10 @@ async fn hostile_with(build: Build) -> Result<()> {
                 1.0,
             ),
             ("llm_requests_total", vec![("model", "_._")], 2.0),
-            (
-                "llm_requests_total",
-                vec![("model", "hostile-sse"), ("outcome", "completed")],
-                1.0,
-            ),
-            (
-                "llm_requests_total",
-                vec![("model", "huge-stream"), ("outcome", "completed")],
-                1.0,
-            ),
-            (
-                "llm_tokens_total",
-                vec![
-                    ("model", "hostile-sse"),
-                    ("token_type", "output"),
-                    ("source", "usage"),
-                ],
-                3.0,
-            ),
-            (
-                "llm_tokens_total",
-                vec![
-                    ("model", "huge-stream"),
-                    ("token_type", "output"),
-                    ("source", "usage"),
-                ],
-                huge_events as f64,
-            ),
+            ended("hostile-sse", "completed", 1.0),
+            ended("huge-stream", "completed", 1.0),
+            output("hostile-sse", "usage", 3.0),
+            output("huge-stream", "usage", huge_events as f64),
             (
                 "llm_token_count_mismatch_total",
                 vec![("model", "huge-stream")],
