@@ -709,6 +709,7 @@ async fn hostile_with(build: Build) -> Result<()> {
     }
 
     // 10,000 distinct names as fast as 32 keep-alive connections carry them.
+    let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for c in 0..32 {
         let want = completion_bytes.clone();
@@ -735,6 +736,10 @@ async fn hostile_with(build: Build) -> Result<()> {
     for t in tasks {
         t.await??;
     }
+    eprintln!(
+        "{build:?}: {DISTINCT_NAMES} distinct model names in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let total = 1.0 + n_unreadable + 2.0 + named.len() as f64 + 2.0 + DISTINCT_NAMES as f64;
     let already = 1 + 1 + 6 + 2; // warmup, deep, the six distinct labels of `named`, the streams
