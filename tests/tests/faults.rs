@@ -198,8 +198,18 @@ async fn scripted_faults_with(build: Build) -> Result<()> {
         use tokio::io::AsyncWriteExt as _;
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         tcp.write_all(partial.as_bytes()).await?;
-        // Until Envoy has the headers and the upstream the first bytes; then the client goes away.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Until Envoy has passed the request on to the upstream; then the client goes away.
+        let upstream_rq = [("envoy_cluster_name", "engine")];
+        envoy
+            .wait_for(Duration::from_secs(10), |s| {
+                let active = s.sum("envoy_cluster_upstream_rq_active", &upstream_rq);
+                if active == 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{active} upstream requests active, want 1"))
+                }
+            })
+            .await?;
     }
     let mut want: Vec<Want> = Vec::new();
     for (name, _, outcome, class) in &cases {
@@ -254,6 +264,20 @@ async fn scripted_faults_with(build: Build) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lying_content_length_and_a_refused_connection() {
     bounded(Duration::from_secs(90), each_build(lying_length_with)).await;
+}
+
+/// Waits (at most 5 s) until connecting to `port` is refused.
+async fn until_refused(port: u16) -> Result<()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("port {port} still accepts connections")
 }
 
 fn raw_response(content_type: &str, declared: usize, sent: &[u8]) -> Vec<u8> {
@@ -353,8 +377,10 @@ async fn lying_length_with(build: Build) -> Result<()> {
             String::from_utf8_lossy(want)
         );
     }
+    let raw_port = upstream.port;
     drop(upstream);
-    tokio::time::sleep(Duration::from_millis(100)).await; // the listener closes as its task ends
+    // The listener closes when its task is dropped, at the runtime's next turn.
+    until_refused(raw_port).await?;
     let refused = post(envoy.gateway_port, "none", &[], plain_request("refused")).await?;
     ensure!(
         refused.status == 503,
