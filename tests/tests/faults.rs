@@ -199,17 +199,12 @@ async fn scripted_faults_with(build: Build) -> Result<()> {
         let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         tcp.write_all(partial.as_bytes()).await?;
         // Until Envoy has passed the request on to the upstream; then the client goes away.
-        let upstream_rq = [("envoy_cluster_name", "engine")];
-        envoy
-            .wait_for(Duration::from_secs(10), |s| {
-                let active = s.sum("envoy_cluster_upstream_rq_active", &upstream_rq);
-                if active == 1.0 {
-                    Ok(())
-                } else {
-                    Err(format!("{active} upstream requests active, want 1"))
-                }
-            })
-            .await?;
+        let upstream_rq = vec![("envoy_cluster_name", "engine")];
+        expect_sums(
+            &envoy,
+            &[("envoy_cluster_upstream_rq_active", upstream_rq, 1.0)],
+        )
+        .await?;
     }
     let mut want: Vec<Want> = Vec::new();
     for (name, _, outcome, class) in &cases {
