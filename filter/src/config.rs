@@ -206,7 +206,7 @@ impl TryFrom<RawConfig> for Config {
                 return Err(ConfigError {
                     field: "models".to_owned(),
                     message: format!(
-                        "{name:?} is not a valid model label (1-64 bytes of A-Z a-z 0-9 . _ / : @ + -)"
+                        "{name:?} is not a valid model label (1-64 bytes of A-Z a-z 0-9 . _ / : @ + -, not ending in .)"
                     ),
                 });
             }
@@ -427,7 +427,7 @@ fn label_headers(raw: Vec<RawLabelHeader>) -> Result<Vec<LabelHeader>, ConfigErr
                     let want = if hash {
                         format!("{HASH_LABEL_HEX_DIGITS} lowercase hex digits, a hashed value")
                     } else {
-                        "1-64 bytes of A-Z a-z 0-9 . _ / : @ + -".to_owned()
+                        "1-64 bytes of A-Z a-z 0-9 . _ / : @ + -, not ending in .".to_owned()
                     };
                     return Err(config_error(
                         field("values"),

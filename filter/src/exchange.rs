@@ -389,7 +389,10 @@ impl Exchange {
         config: &Config,
     ) {
         self.status = status;
-        self.sse = is_event_stream(content_type);
+        // 1xx, 204 and 304 responses have no body (RFC 9110), whatever their content type says:
+        // there is nothing to parse, and no stream whose end marker could be missing.
+        let bodiless = matches!(status, Some(100..=199 | 204 | 304));
+        self.sse = !bodiless && is_event_stream(content_type);
         let failed = status.is_some_and(|s| s >= 400);
         let coding = encoding::body_coding(content_encoding);
         self.inflater = None;
@@ -405,7 +408,9 @@ impl Exchange {
                 self.inject = None;
             }
         }
-        self.response = if coding == BodyCoding::Unreadable {
+        self.response = if bodiless {
+            ResponseBody::Skip
+        } else if coding == BodyCoding::Unreadable {
             self.errors.insert(ErrorKind::EncodedBody);
             self.unread_tail = true;
             ResponseBody::Skip

@@ -195,6 +195,43 @@ fn an_error_status_is_an_error_and_its_body_is_not_read() {
 }
 
 #[test]
+fn a_204_or_304_has_no_body_to_read_and_is_completed_without_a_parse_error() {
+    let config = cfg();
+    for status in [204, 304] {
+        for (content_type, stream) in [("application/json", false), ("text/event-stream", true)] {
+            for (end_at_headers, encoding) in [
+                (true, None),
+                (false, None),
+                (true, Some("br")),
+                (false, Some("gzip")),
+            ] {
+                let mut ex = Exchange::new(Api::ChatCompletions, 0);
+                if stream {
+                    chat_stream_request(&mut ex, &config);
+                } else {
+                    ex.request_body(br#"{"model":"m"}"#, true, &config, &mut model_two);
+                }
+                ex.response_headers(
+                    Some(status),
+                    Some(content_type),
+                    None,
+                    end_at_headers,
+                    &config,
+                );
+                if !end_at_headers {
+                    ex.response_body(b"", true, &config, &mut || 0);
+                }
+                let obs = ex.finish(MS, &mut || 0);
+                let case = (status, content_type, end_at_headers, encoding);
+                assert_eq!(obs.outcome, Outcome::Completed, "{case:?}");
+                assert_eq!(obs.errors, ErrorSet::default(), "{case:?}");
+                assert!(!obs.usage_missing, "{case:?}: no stream was read");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_json_error_in_a_success_body_or_event_is_an_error() {
     let config = cfg();
     let mut ex = Exchange::new(Api::Completions, 0);

@@ -11,7 +11,8 @@
 //!
 //! Sanitising: characters outside `[A-Za-z0-9._/:@+-]` become `_` (this keeps names such as
 //! `Qwen/Qwen3-1.7B`, `qwen3:1.7b` and `org/model@rev` intact and cannot produce Envoy's tag
-//! delimiters `=.=` / `;.;`), then the name is cut to 64 bytes. An empty or missing name is `unknown`.
+//! delimiters `=.=` / `;.;`), then the name is cut to 64 bytes, and dots that end it become `_`
+//! (Envoy would drop them from the tag value). An empty or missing name is `unknown`.
 //!
 //! Extra header labels ([`HeaderLabels`]) follow the same rules, each with its own allowlist or cap
 //! and its own process-wide set (registry key [`label_registry_key`]); a missing or empty header is
@@ -78,7 +79,11 @@ pub fn sanitize_model(raw: &str) -> Cow<'_, str> {
     let cut = raw.len().min(MAX_MODEL_LABEL_BYTES);
     if raw.bytes().all(allowed) {
         // All ASCII, so any byte index is a char boundary.
-        return Cow::Borrowed(raw.get(..cut).unwrap_or(raw));
+        let kept = raw.get(..cut).unwrap_or(raw);
+        if !kept.ends_with('.') {
+            return Cow::Borrowed(kept);
+        }
+        return Cow::Owned(without_trailing_dots(kept.to_owned()));
     }
     let mut out = String::with_capacity(cut);
     for c in raw.chars() {
@@ -92,7 +97,16 @@ pub fn sanitize_model(raw: &str) -> Cow<'_, str> {
         }
         out.push(mapped);
     }
-    Cow::Owned(out)
+    Cow::Owned(without_trailing_dots(out))
+}
+
+/// `label` with each dot at its end replaced by `_`: Envoy drops the dots that end a tag value (stat
+/// names are dot-separated tokens), so `a.` would be counted as `a` and `.` as an empty label.
+fn without_trailing_dots(mut label: String) -> String {
+    let dots = label.len() - label.trim_end_matches('.').len();
+    label.truncate(label.len() - dots);
+    label.extend(std::iter::repeat_n('_', dots));
+    label
 }
 
 /// The answer of the process-wide registry for one name.
@@ -404,6 +418,24 @@ mod tests {
         ] {
             assert_eq!(sanitize_model(name), name);
         }
+    }
+
+    #[test]
+    fn a_label_never_ends_with_a_dot() {
+        // Envoy drops the dots that end a tag value: `a.` would be counted as model `a`, `.` and
+        // `..` as one empty label (two identical series in the wasm build's scrape).
+        assert_eq!(sanitize_model("."), "_");
+        assert_eq!(sanitize_model(".."), "__");
+        assert_eq!(sanitize_model("a."), "a_");
+        assert_eq!(sanitize_model("...a.."), "...a__");
+        assert_eq!(sanitize_model("é."), "__");
+        assert_eq!(sanitize_model(".a"), ".a");
+        assert_eq!(sanitize_model("a..b"), "a..b");
+        let cut_at_a_dot = format!("{}.b", "a".repeat(63));
+        assert_eq!(
+            sanitize_model(&cut_at_a_dot),
+            format!("{}_", "a".repeat(63))
+        );
     }
 
     #[test]

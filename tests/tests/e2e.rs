@@ -17,7 +17,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
@@ -25,15 +24,6 @@ use bytes::Bytes;
 use gateway_tests::fixture::{self, End, Fixture};
 use serde_json::{json, Value};
 use support::*;
-
-/// Runs a test body with a time limit; an error or the limit fails the test with the full message.
-async fn bounded(limit: Duration, body: impl Future<Output = Result<()>>) {
-    match tokio::time::timeout(limit, body).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("{e:#}"),
-        Err(_) => panic!("test did not finish within {limit:?}"),
-    }
-}
 
 /// Request headers for a fixture: its own, a JSON content type when it has a JSON body and names
 /// none, and the script selector for the scripted upstream.
@@ -184,20 +174,6 @@ async fn golden_fixtures_through_the_native_module_produce_the_same_series() {
     bounded(Duration::from_secs(240), golden_fixtures(Build::Native)).await;
 }
 
-/// Runs `check` with each build of the filter, one after another; an error names the build.
-async fn each_build<F, Fut>(check: F) -> Result<()>
-where
-    F: Fn(Build) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for build in Build::ALL {
-        check(build)
-            .await
-            .with_context(|| format!("{build:?} build"))?;
-    }
-    Ok(())
-}
-
 /// Fixtures are grouped by filter configuration, one Envoy per group (the default group shared by
 /// three Envoys to keep the run short); the fixtures of one Envoy run one after another.
 async fn golden_fixtures(build: Build) -> Result<()> {
@@ -265,56 +241,6 @@ async fn golden_fixtures(build: Build) -> Result<()> {
         failures.join("\n")
     );
     Ok(())
-}
-
-fn chunk_event(delta: Value, finish: Option<&str>) -> Bytes {
-    Bytes::from(test_kit::wire::delta_chunk(delta, finish))
-}
-
-fn usage_event(prompt: u64, completion: u64) -> Bytes {
-    Bytes::from(test_kit::wire::usage_chunk(prompt, completion))
-}
-
-/// An OpenAI chat stream: the role chunk at once, `tokens` content chunks, the first at `first`
-/// and then every `gap`, the finish chunk, the usage chunk and `[DONE]` right after the last token.
-fn paced_stream(first: Duration, gap: Duration, tokens: u32, prompt: u64) -> Script {
-    let mut chunks = vec![(
-        Duration::ZERO,
-        chunk_event(json!({"role": "assistant", "content": ""}), None),
-    )];
-    for i in 0..tokens {
-        chunks.push((
-            first + gap * i,
-            chunk_event(json!({"content": format!("tok{i} ")}), None),
-        ));
-    }
-    let last = first + gap * (tokens - 1);
-    chunks.push((last, chunk_event(json!({}), Some("stop"))));
-    chunks.push((last, usage_event(prompt, u64::from(tokens))));
-    chunks.push((last, Bytes::from_static(b"data: [DONE]\n\n")));
-    Script {
-        status: 200,
-        headers: vec![("content-type".into(), "text/event-stream".into())],
-        chunks,
-        end: ScriptEnd::Complete,
-    }
-}
-
-/// The role chunk and `tokens` content chunks 1 ms apart, then the upstream holds the stream open
-/// and sends nothing more.
-fn tokens_then_silence(tokens: usize) -> Script {
-    let mut s = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 6, 4);
-    s.chunks.truncate(1 + tokens);
-    s.end = ScriptEnd::Hang;
-    s
-}
-
-fn chat_request(model: &str) -> Vec<u8> {
-    serde_json::to_vec(
-        &json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .expect("serialisable")
 }
 
 /// First token after 300 ms, then one every 50 ms (10 tokens): TTFT lands in the (200, 500] ms

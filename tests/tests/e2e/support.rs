@@ -10,6 +10,7 @@
 #![allow(dead_code)] // each test uses a different part
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -588,32 +589,143 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<HttpResponse> {
+    let mut conn = Connection::open(port).await?;
+    conn.request(method, path, headers, body).await
+}
+
+/// An HTTP/1.1 keep-alive connection: requests one after another on the same socket.
+pub struct Connection {
+    port: u16,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    pub async fn open(port: u16) -> Result<Connection> {
+        Ok(Connection {
+            port,
+            sender: connect(port).await?,
+        })
+    }
+
+    /// One request, the whole response read (at most 60 s).
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<HttpResponse> {
+        let port = self.port;
+        let fut = async {
+            self.sender.ready().await?;
+            let resp = self
+                .sender
+                .send_request(build_request(port, method, path, headers, body)?)
+                .await?;
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok(HttpResponse {
+                status,
+                headers,
+                body,
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(60), fut)
+            .await
+            .map_err(|_| {
+                anyhow!("{method} {path} on port {port}: no complete response within 60 s")
+            })?
+    }
+}
+
+/// A response body read frame by frame: the bytes that arrived, and the error that ended it early
+/// (a reset), if one did.
+pub async fn read_body(mut body: Incoming) -> (Vec<u8>, Option<hyper::Error>) {
+    let mut got = Vec::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    got.extend_from_slice(&data);
+                }
+            }
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
+}
+
+/// A POST whose response body is compared as it arrives with the concatenation of `expected`
+/// (nothing of it is kept, so a response of any size costs one frame of memory). Fails at the first
+/// byte that differs, or if the body is shorter or longer; returns the status and the length.
+pub async fn request_compare(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    expected: &[Bytes],
+) -> Result<(u16, u64)> {
     let fut = async {
         let mut sender = connect(port).await?;
         let resp = sender
-            .send_request(build_request(port, method, path, headers, body)?)
+            .send_request(build_request(port, "POST", path, headers, body)?)
             .await?;
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok(HttpResponse {
-            status,
-            headers,
-            body,
-        })
+        let mut body = resp.into_body();
+        let mut want = expected.iter().flat_map(|b| {
+            // Bytes::slice shares the memory: the expected pieces are walked, not copied.
+            (0..b.len())
+                .step_by(64 * 1024)
+                .map(move |at| b.slice(at..b.len().min(at + 64 * 1024)))
+        });
+        let mut pending = Bytes::new();
+        let mut offset: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let Ok(mut data) = frame?.into_data() else {
+                continue;
+            };
+            while !data.is_empty() {
+                if pending.is_empty() {
+                    match want.next() {
+                        Some(next) => pending = next,
+                        None => bail!("the body is longer than expected: {offset} bytes expected"),
+                    }
+                    continue;
+                }
+                let n = pending.len().min(data.len());
+                if pending[..n] != data[..n] {
+                    let at = pending[..n]
+                        .iter()
+                        .zip(&data[..n])
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    bail!("the body differs at byte {}", offset + at as u64);
+                }
+                pending = pending.slice(n..);
+                data = data.slice(n..);
+                offset += n as u64;
+            }
+        }
+        let missing: usize = pending.len() + want.map(|b| b.len()).sum::<usize>();
+        ensure!(
+            missing == 0,
+            "the body ended {missing} bytes early, after {offset}"
+        );
+        Ok((status, offset))
     };
-    tokio::time::timeout(Duration::from_secs(60), fut)
+    tokio::time::timeout(Duration::from_secs(120), fut)
         .await
-        .map_err(|_| anyhow!("{method} {path} on port {port}: no complete response within 60 s"))?
+        .map_err(|_| anyhow!("POST {path} on port {port}: no complete response within 120 s"))?
 }
 
 pub async fn get(port: u16, path: &str) -> Result<HttpResponse> {
@@ -666,6 +778,87 @@ where
     tokio::time::timeout(Duration::from_secs(30), fut)
         .await
         .map_err(|_| anyhow!("POST {path}: expected bytes did not arrive within 30 s"))?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test scaffolding and scripted streams
+
+/// Runs a test body with a time limit; an error or the limit fails the test with the full message.
+pub async fn bounded(limit: Duration, body: impl Future<Output = Result<()>>) {
+    match tokio::time::timeout(limit, body).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e:#}"),
+        Err(_) => panic!("test did not finish within {limit:?}"),
+    }
+}
+
+/// Runs `check` with each build of the filter, one after another; an error names the build.
+pub async fn each_build<F, Fut>(check: F) -> Result<()>
+where
+    F: Fn(Build) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    for build in Build::ALL {
+        check(build)
+            .await
+            .with_context(|| format!("{build:?} build"))?;
+    }
+    Ok(())
+}
+
+/// One chat chunk (see [`test_kit::wire`], the one set of SSE builders).
+pub fn chunk_event(delta: serde_json::Value, finish: Option<&str>) -> Bytes {
+    Bytes::from(test_kit::wire::delta_chunk(delta, finish))
+}
+
+/// The include_usage chunk.
+pub fn usage_event(prompt: u64, completion: u64) -> Bytes {
+    Bytes::from(test_kit::wire::usage_chunk(prompt, completion))
+}
+
+/// An OpenAI chat stream: the role chunk at once, `tokens` content chunks, the first at `first`
+/// and then every `gap`, the finish chunk, the usage chunk and `[DONE]` right after the last token.
+pub fn paced_stream(first: Duration, gap: Duration, tokens: u32, prompt: u64) -> Script {
+    let mut chunks = vec![(
+        Duration::ZERO,
+        chunk_event(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+        ),
+    )];
+    for i in 0..tokens {
+        chunks.push((
+            first + gap * i,
+            chunk_event(serde_json::json!({"content": format!("tok{i} ")}), None),
+        ));
+    }
+    let last = first + gap * (tokens - 1);
+    chunks.push((last, chunk_event(serde_json::json!({}), Some("stop"))));
+    chunks.push((last, usage_event(prompt, u64::from(tokens))));
+    chunks.push((last, Bytes::from_static(b"data: [DONE]\n\n")));
+    Script {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks,
+        end: ScriptEnd::Complete,
+    }
+}
+
+/// The role chunk and `tokens` content chunks 1 ms apart, then the upstream holds the stream open
+/// and sends nothing more.
+pub fn tokens_then_silence(tokens: usize) -> Script {
+    let mut s = paced_stream(Duration::from_millis(1), Duration::from_millis(1), 6, 4);
+    s.chunks.truncate(1 + tokens);
+    s.end = ScriptEnd::Hang;
+    s
+}
+
+pub fn chat_request(model: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .expect("serialisable")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -795,6 +988,169 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An upstream that writes raw bytes, framed by no library: for responses that lie about their
+/// length. Per connection it reads one request (headers, then a `content-length` body), writes the
+/// bytes registered under the request's [`SCRIPT_HEADER`] and closes the connection. Dropping it
+/// closes the listening socket: connecting to its port is then refused.
+pub struct RawUpstream {
+    pub port: u16,
+    scripts: Arc<Mutex<HashMap<String, Bytes>>>,
+    task: JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start() -> Result<RawUpstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let scripts: Arc<Mutex<HashMap<String, Bytes>>> = Arc::default();
+        let table = scripts.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let table = table.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    let Ok(head) = read_request(&mut stream).await else {
+                        return;
+                    };
+                    let answer = header_value(&head, SCRIPT_HEADER)
+                        .and_then(|name| table.lock().expect("raw scripts").get(&name).cloned())
+                        .unwrap_or_else(|| {
+                            Bytes::from_static(
+                                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                            )
+                        });
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Ok(RawUpstream {
+            port,
+            scripts,
+            task,
+        })
+    }
+
+    /// `bytes` (status line, headers, body: all of it, as written) answer requests for `name`.
+    pub fn add(&self, name: &str, bytes: Vec<u8>) {
+        self.scripts
+            .lock()
+            .expect("raw scripts")
+            .insert(name.to_owned(), Bytes::from(bytes));
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads a request's head and its `content-length` body; returns the head.
+async fn read_request(stream: &mut TcpStream) -> Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "the connection closed inside the request head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = header_value(&head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - head_end;
+    while have < length {
+        let n = stream.read(&mut chunk).await?;
+        ensure!(n > 0, "the connection closed inside the request body");
+        have += n;
+    }
+    Ok(head)
+}
+
+/// The value of header `name` (any case) in an HTTP/1 head.
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// What a raw HTTP/1 client read: the status, the head as text, the bytes after the head, and
+/// whether the connection was reset rather than closed.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+    pub reset: bool,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        header_value(&self.head, name)
+    }
+}
+
+/// Writes `request` (all of it, as given) on a new connection and reads until the peer closes or
+/// resets it (at most 30 s). For responses whose framing is itself under test, nothing is
+/// interpreted but the status line.
+pub async fn raw_request(port: u16, request: &[u8]) -> Result<RawResponse> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fut = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(request).await?;
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        let reset = loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => break false,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let head_end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| i + 4)
+            .with_context(|| format!("no response head in {:?}", String::from_utf8_lossy(&got)))?;
+        let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no status in {head:?}"))?;
+        Ok(RawResponse {
+            status,
+            head,
+            body: got.split_off(head_end),
+            reset,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .map_err(|_| anyhow!("raw request on port {port}: the connection stayed open 30 s"))?
+}
+
+/// The resident set size of process `pid` (`VmRSS` in `/proc/<pid>/status`), in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS line")?;
+    Ok(kib * 1024)
 }
 
 type ScriptBody = Channel<Bytes, std::io::Error>;
