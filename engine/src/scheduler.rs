@@ -269,8 +269,16 @@ pub fn spawn<B: Backend>(
                 running: Vec::new(),
                 reserved: 0,
             };
-            sched.run();
+            // The forward pass has its own guard (a failed step fails its batch); a panic anywhere
+            // else in the loop ends the loop. Either way the engine is then dead: `/health` says
+            // so, and every open and queued request gets an error instead of waiting forever.
+            let ended = std::panic::catch_unwind(AssertUnwindSafe(|| sched.run()));
             s.alive.store(false, Ordering::SeqCst);
+            sched.fail_all(if ended.is_ok() {
+                "the engine is shutting down"
+            } else {
+                "the engine's scheduler failed"
+            });
         })?;
     Ok(EngineHandle { shared })
 }
@@ -332,18 +340,18 @@ impl<B: Backend> Scheduler<B> {
             self.step();
             self.update_gauges();
         }
-        // Shutdown: tell everyone still waiting or running.
+    }
+
+    /// Fails every running and waiting request with `why`, and refuses new ones (under the queue
+    /// lock, so no request slips in after the drain).
+    fn fail_all(&mut self, why: &str) {
         for r in self.running.drain(..) {
-            let _ = r
-                .req
-                .events
-                .send(Event::Error("the engine is shutting down".into()));
+            let _ = r.req.events.send(Event::Error(why.into()));
         }
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.shutdown = true;
         for r in q.waiting.drain(..) {
-            let _ = r
-                .events
-                .send(Event::Error("the engine is shutting down".into()));
+            let _ = r.events.send(Event::Error(why.into()));
         }
     }
 

@@ -23,6 +23,8 @@ pub struct ScriptedBackend {
     pub fail_from_step: Option<usize>,
     /// Largest number of sequences seen in one step.
     pub max_batch: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Panic when a sequence is admitted (a fault in the scheduler loop outside the forward pass).
+    pub panic_on_admit: bool,
 }
 
 impl ScriptedBackend {
@@ -35,6 +37,7 @@ impl ScriptedBackend {
             steps: Default::default(),
             fail_from_step: None,
             max_batch: Default::default(),
+            panic_on_admit: false,
         }
     }
 }
@@ -48,6 +51,7 @@ impl Backend for ScriptedBackend {
     type Cache = ScriptedCache;
 
     fn new_cache(&self) -> ScriptedCache {
+        assert!(!self.panic_on_admit, "scripted panic on admission");
         ScriptedCache {
             prompt_len: None,
             fed: 0,

@@ -1110,3 +1110,44 @@ async fn kv_budget_holds_requests_back_until_the_cache_frees() {
     assert_eq!(metric(&app, "vllm:num_requests_waiting{").await, 0.0);
     assert_eq!(metric(&app, "vllm:num_requests_running{").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_panic_in_the_scheduler_loop_fails_health_and_every_request_instead_of_hanging() {
+    // A fault outside the forward pass (which has its own guard): admitting a sequence panics.
+    let mut b = backend(vec![], Duration::ZERO);
+    b.panic_on_admit = true;
+    let app = assemble(
+        b,
+        tokenizer(),
+        MODEL.into(),
+        sched(2, 4),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        post(
+            &app.router,
+            "/v1/chat/completions",
+            json!({"messages": user("Hi")}),
+        ),
+    )
+    .await
+    .expect("the request that met the panic must be answered, not left waiting");
+    assert!(answer.0.is_server_error(), "{answer:?}");
+    assert_eq!(answer.1["error"]["type"], "server_error", "{answer:?}");
+    // The engine is dead and says so; new requests are refused at once.
+    let resp = call(&app.router, Method::GET, "/health", None).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (status, v) = tokio::time::timeout(
+        Duration::from_secs(10),
+        post(
+            &app.router,
+            "/v1/chat/completions",
+            json!({"messages": user("Hi"), "stream": true}),
+        ),
+    )
+    .await
+    .expect("a request after the panic must be refused, not queued");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+}
