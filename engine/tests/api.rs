@@ -63,8 +63,13 @@ fn backend(script: Vec<u32>, delay: Duration) -> ScriptedBackend {
 }
 
 fn app_with(script: Vec<u32>, cfg: SchedulerConfig, delay: Duration) -> Built {
+    app_of(backend(script, delay), cfg)
+}
+
+/// The router over a backend the test has set up (failures, probes, delays).
+fn app_of(b: ScriptedBackend, cfg: SchedulerConfig) -> Built {
     assemble(
-        backend(script, delay),
+        b,
         tokenizer(),
         MODEL.into(),
         cfg,
@@ -875,14 +880,7 @@ async fn queued_stream_gets_keepalive_comments_then_its_completion() {
 async fn concurrent_requests_are_batched_and_each_gets_its_own_usage() {
     let b = backend(vec![], Duration::from_millis(5));
     let (steps, max_batch) = (b.steps.clone(), b.max_batch.clone());
-    let app = assemble(
-        b,
-        tokenizer(),
-        MODEL.into(),
-        sched(4, 8),
-        Duration::from_millis(100),
-    )
-    .unwrap();
+    let app = app_of(b, sched(4, 8));
     let mut handles = Vec::new();
     for n in 1..=4u64 {
         let r = app.router.clone();
@@ -911,14 +909,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_usage() {
 async fn mid_stream_failure_is_a_json_error_event_then_done() {
     let mut b = backend(vec![], Duration::ZERO);
     b.fail_from_step = Some(3);
-    let app = assemble(
-        b,
-        tokenizer(),
-        MODEL.into(),
-        sched(2, 4),
-        Duration::from_millis(100),
-    )
-    .unwrap();
+    let app = app_of(b, sched(2, 4));
     let (_, body) = post_stream(
         &app.router,
         "/v1/chat/completions",
@@ -1116,14 +1107,7 @@ async fn a_panic_in_the_scheduler_loop_fails_health_and_every_request_instead_of
     // A fault outside the forward pass (which has its own guard): admitting a sequence panics.
     let mut b = backend(vec![], Duration::ZERO);
     b.panic_on_admit = true;
-    let app = assemble(
-        b,
-        tokenizer(),
-        MODEL.into(),
-        sched(2, 4),
-        Duration::from_millis(100),
-    )
-    .unwrap();
+    let app = app_of(b, sched(2, 4));
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
         post(

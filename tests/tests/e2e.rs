@@ -878,16 +878,7 @@ async fn filter_loads_with_default_and_full_config_and_exports_the_contract_name
     let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "smoke-model",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}});
-    upstream.add(
-        "json",
-        Script::chunked(
-            200,
-            vec![("content-type".into(), "application/json".into())],
-            body.to_string().as_bytes(),
-            &[4096],
-            Duration::ZERO,
-        ),
-    );
+    upstream.add("json", json_script(&body));
     let full = json!({"models": ["smoke-model"], "max_models": 8, "max_request_body_bytes": 65536,
             "max_response_body_bytes": 65536, "max_event_bytes": 16384,
             "inject_stream_usage": true, "inject_max_request_bytes": 32768,
@@ -1075,16 +1066,7 @@ async fn tenant_labels_with(build: Build) -> Result<()> {
     let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
-    upstream.add(
-        "json",
-        Script::chunked(
-            200,
-            vec![("content-type".into(), "application/json".into())],
-            body.to_string().as_bytes(),
-            &[4096],
-            Duration::ZERO,
-        ),
-    );
+    upstream.add("json", json_script(&body));
     let config = json!({"label_headers": [
         {"header": "x-tenant", "label": "tenant", "max_values": 2},
         {"header": "authorization", "label": "api_key", "hash": true}]});

@@ -84,16 +84,7 @@ fn scripts(upstream: &Upstream) {
     let body = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "soak",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": PROMPT, "completion_tokens": TOKENS, "total_tokens": PROMPT + TOKENS}});
-    upstream.add(
-        "json",
-        Script::chunked(
-            200,
-            vec![("content-type".into(), "application/json".into())],
-            body.to_string().as_bytes(),
-            &[4096],
-            Duration::ZERO,
-        ),
-    );
+    upstream.add("json", json_script(&body));
 }
 
 async fn one(port: u16, kind: Kind) -> Result<()> {

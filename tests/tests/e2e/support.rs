@@ -806,6 +806,17 @@ where
     Ok(())
 }
 
+/// A non-streaming JSON answer, sent whole.
+pub fn json_script(body: &serde_json::Value) -> Script {
+    Script::chunked(
+        200,
+        vec![("content-type".into(), "application/json".into())],
+        body.to_string().as_bytes(),
+        &[4096],
+        Duration::ZERO,
+    )
+}
+
 /// One chat chunk (see [`test_kit::wire`], the one set of SSE builders).
 pub fn chunk_event(delta: serde_json::Value, finish: Option<&str>) -> Bytes {
     Bytes::from(test_kit::wire::delta_chunk(delta, finish))
