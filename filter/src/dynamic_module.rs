@@ -864,31 +864,27 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         let (config, Some(ex)) = f.parts() else {
             return;
         };
-        if ex.rewrites_response() {
+        let rewrite = ex.rewrites_response();
+        if rewrite || ex.wants_response_body() {
+            // A body the exchange no longer reads still ends through `response_body`.
             let (mut len, mut out, mut changed) = (0, Vec::new(), false);
             for_each_body_slice(envoy, abi::RECEIVED_RESPONSE_BODY, |chunk, last| {
                 let end = end_of_stream && last;
-                if ex.wants_response_body() {
-                    ex.response_body(chunk, end, &config.config, &mut now_ns);
-                } else if end {
-                    ex.response_end();
-                }
-                len += chunk.len();
-                match ex.rewrite_response(chunk, end) {
-                    Some(bytes) => {
-                        changed = true;
-                        out.extend_from_slice(&bytes);
+                ex.response_body(chunk, end, &config.config, &mut now_ns);
+                if rewrite {
+                    len += chunk.len();
+                    match ex.rewrite_response(chunk, end) {
+                        Some(bytes) => {
+                            changed = true;
+                            out.extend_from_slice(&bytes);
+                        }
+                        None => out.extend_from_slice(chunk),
                     }
-                    None => out.extend_from_slice(chunk),
                 }
             });
             if changed {
                 replace_response_chunk(envoy, len, &out);
             }
-        } else if ex.wants_response_body() {
-            for_each_body_slice(envoy, abi::RECEIVED_RESPONSE_BODY, |chunk, last| {
-                ex.response_body(chunk, end_of_stream && last, &config.config, &mut now_ns);
-            });
         } else if end_of_stream {
             ex.response_end();
         }

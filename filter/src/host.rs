@@ -528,11 +528,8 @@ impl HttpContext for Filter {
         let rewrite = ex.rewrites_response();
         if ex.wants_response_body() || rewrite {
             let chunk = get_buffer(BUFFER_HTTP_RESPONSE_BODY, size).unwrap_or_default();
-            if ex.wants_response_body() {
-                ex.response_body(&chunk, end_of_stream, &vm.config, &mut now_ns);
-            } else if end_of_stream {
-                ex.response_end();
-            }
+            // A body the exchange no longer reads still ends through `response_body`.
+            ex.response_body(&chunk, end_of_stream, &vm.config, &mut now_ns);
             if let Some(out) = ex.rewrite_response(&chunk, end_of_stream) {
                 set_buffer(BUFFER_HTTP_RESPONSE_BODY, size, &out);
             }
