@@ -1399,25 +1399,12 @@ async fn inject_stream_usage_with(build: Build) -> Result<()> {
     let upstream = Upstream::start().await?;
     let mut cases = Vec::new();
     for f in fixture::load_all(&fixture::fixtures_dir())? {
-        let Some(Value::Object(mut request)) = f.request.body.clone() else {
+        // Plain recorded include_usage streams with the default configuration, ending normally.
+        let Some(request) = fixture::request_not_asking_usage(&f)
+            .filter(|_| f.config.is_none() && f.end == End::Complete)
+        else {
             continue;
         };
-        let asked = request
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            == Some(&Value::Bool(true));
-        let chat = f.request.path.ends_with("/chat/completions")
-            || f.request.path.ends_with("/v1/completions");
-        if !asked
-            || !chat
-            || f.config.is_some()
-            || f.end != End::Complete
-            || f.response.status >= 400
-            || f.response.headers.contains_key("content-encoding")
-        {
-            continue;
-        }
-        request.remove("stream_options");
         let asked_script = fixture_script(&f)?;
         let mut direct = asked_script.clone();
         let direct_body = fixture::not_asked(&f.response_body()?);
@@ -1431,7 +1418,7 @@ async fn inject_stream_usage_with(build: Build) -> Result<()> {
         .chunks;
         upstream.add(&f.name, direct);
         upstream.add_when_usage_asked(&f.name, asked_script);
-        cases.push((f, serde_json::to_vec(&Value::Object(request))?, direct_body));
+        cases.push((f, serde_json::to_vec(&request)?, direct_body));
     }
     ensure!(
         cases.len() >= 8,

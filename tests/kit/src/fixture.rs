@@ -307,6 +307,41 @@ pub fn raw_events(body: &[u8]) -> Vec<&[u8]> {
     events
 }
 
+/// Whether a path is one the filter adds `include_usage` to (chat or completions, default paths).
+pub fn injectable_path(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default();
+    path.ends_with("/chat/completions") || path.ends_with("/completions")
+}
+
+/// For a fixture that records the stream an upstream sends a client that asked for usage (a `POST`
+/// to a chat or completions path, `"stream": true` with `stream_options.include_usage: true`, a
+/// plain 2xx event stream): the same request as a client that did not ask sends it, without
+/// `include_usage` (and without `stream_options` if nothing else is left in it).
+pub fn request_not_asking_usage(f: &Fixture) -> Option<Value> {
+    let sse = f
+        .response
+        .headers
+        .get("content-type")
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let mut request = f.request.body.clone()?;
+    let recorded_asking = sse
+        && f.request.method == "POST"
+        && injectable_path(&f.request.path)
+        && f.response.status < 400
+        && !f.response.headers.contains_key("content-encoding")
+        && request.get("stream") == Some(&Value::Bool(true))
+        && request.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+    if !recorded_asking {
+        return None;
+    }
+    let options = request.get_mut("stream_options")?.as_object_mut()?;
+    options.remove("include_usage");
+    if options.is_empty() {
+        request.as_object_mut()?.remove("stream_options");
+    }
+    Some(request)
+}
+
 /// The JSON of a plain `data:` event (one data line), with the offset of the JSON in the event.
 fn data_json(event: &[u8]) -> Option<(usize, &[u8])> {
     let text = std::str::from_utf8(event).ok()?;

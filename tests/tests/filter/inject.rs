@@ -9,7 +9,8 @@
 //! cut against the parsed JSON.
 
 use gateway_tests::fixture::{
-    self, diff, not_asked, raw_events, Exchange, Fixture, FixtureReplay as _, Split,
+    self, diff, injectable_path, not_asked, raw_events, request_not_asking_usage, Exchange,
+    Fixture, FixtureReplay as _, Split,
 };
 use gateway_tests::{Action, Gateway};
 use serde_json::Value;
@@ -22,11 +23,6 @@ fn with_inject(config_text: &str) -> Option<String> {
         .as_object_mut()?
         .insert("inject_stream_usage".into(), Value::Bool(true));
     Some(config.to_string())
-}
-
-fn injectable_path(path: &str) -> bool {
-    let path = path.split('?').next().unwrap_or_default();
-    path.ends_with("/chat/completions") || path.ends_with("/completions")
 }
 
 struct Case {
@@ -52,8 +48,6 @@ fn case(f: &Fixture) -> Option<Case> {
     let watched = default_paths && f.request.method == "POST" && injectable_path(&f.request.path);
     let streaming = request.get("stream") == Some(&Value::Bool(true));
     let options = request.get("stream_options");
-    let asked = options.and_then(|o| o.get("include_usage")) == Some(&Value::Bool(true));
-    let plain = !f.response.headers.contains_key("content-encoding");
     // A body over either bound is not held (nor rewritten): the fixture as it is tells that case.
     let limit = |field: &str, default: u64| {
         f.config
@@ -65,14 +59,8 @@ fn case(f: &Fixture) -> Option<Case> {
     let fits = (f.request_body().len() as u64)
         <= limit("max_request_body_bytes", 1 << 20)
             .min(limit("inject_max_request_bytes", 256 << 10));
-    if watched && streaming && asked && plain && fits && f.response.status < 400 {
+    if let Some(client) = request_not_asking_usage(f).filter(|_| default_paths && fits) {
         // The recorded stream answers a client that asked; ours does not.
-        let mut client = request.clone();
-        let opts = client["stream_options"].as_object_mut()?;
-        opts.remove("include_usage");
-        if opts.is_empty() {
-            client.as_object_mut()?.remove("stream_options");
-        }
         return Some(Case {
             client_request: client,
             direct: not_asked(&upstream),
