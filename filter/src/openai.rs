@@ -12,6 +12,9 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+#[path = "openai_fast.rs"]
+mod fast;
+
 /// What the filter needs from a request body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RequestInfo<'a> {
@@ -330,6 +333,33 @@ struct Choices<'a> {
     finished: bool,
 }
 
+/// What one choice's `delta` says, folded into [`Choices`].
+struct Delta<'a> {
+    content: Content<'a>,
+    /// `reasoning_content` or `reasoning` is non-empty.
+    reasoning: bool,
+    /// `refusal` or `tool_calls` is non-empty.
+    answer: bool,
+}
+
+impl<'a> Choices<'a> {
+    /// Folds in one choice: its completions `text` is non-empty, it has a `finish_reason`, its
+    /// `delta`.
+    fn add(&mut self, text: bool, finished: bool, delta: Option<Delta<'a>>) {
+        self.answer |= text;
+        self.finished |= finished;
+        let Some(delta) = delta else { return };
+        self.reasoning |= delta.reasoning;
+        self.answer |= delta.answer;
+        match delta.content {
+            Content::Empty => {}
+            Content::Other => self.answer = true,
+            Content::Text(t) if self.content.is_none() => self.content = Some(t),
+            Content::Text(_) => self.answer = true,
+        }
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -344,17 +374,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices<'de>, A::Error> {
                 let mut c = Choices::default();
                 while let Some(choice) = seq.next_element::<ChoiceView<'de>>()? {
-                    c.answer |= choice.text.0;
-                    c.finished |= choice.finish_reason.is_some();
-                    let Some(delta) = choice.delta else { continue };
-                    c.reasoning |= delta.reasoning_content.0 || delta.reasoning.0;
-                    c.answer |= delta.refusal.0 || delta.tool_calls.0;
-                    match delta.content {
-                        Content::Empty => {}
-                        Content::Other => c.answer = true,
-                        Content::Text(t) if c.content.is_none() => c.content = Some(t),
-                        Content::Text(_) => c.answer = true,
-                    }
+                    c.add(
+                        choice.text.0,
+                        choice.finish_reason.is_some(),
+                        choice.delta.map(|d| Delta {
+                            content: d.content,
+                            reasoning: d.reasoning_content.0 || d.reasoning.0,
+                            answer: d.refusal.0 || d.tool_calls.0,
+                        }),
+                    );
                 }
                 Ok(c)
             }
@@ -537,6 +565,10 @@ fn is_output_delta(kind: &str) -> bool {
 }
 
 /// Reads one SSE event. `event_type` is the SSE `event:` field (empty when absent).
+///
+/// The common chat chunk is read by [`fast::chat_chunk`], a byte-level reader that gives exactly
+/// what the serde views below give for the shapes it accepts and declines everything else; every
+/// other event goes through the views.
 pub fn parse_event<'a>(
     event_type: &[u8],
     data: &'a [u8],
@@ -547,6 +579,18 @@ pub fn parse_event<'a>(
             ..EventInfo::default()
         });
     }
+    if let Some(info) = fast::chat_chunk(event_type, data) {
+        return Ok(info);
+    }
+    parse_event_views(event_type, data)
+}
+
+/// [`parse_event`] through the serde views only: what the fast reader must agree with (the
+/// `event_fast_path` fuzz target compares the two).
+pub fn parse_event_views<'a>(
+    event_type: &[u8],
+    data: &'a [u8],
+) -> Result<EventInfo<'a>, serde_json::Error> {
     let v: EventView<'a> = serde_json::from_slice(data)?;
     let kind = v.kind.as_deref().unwrap_or("");
     let usage = v
@@ -554,27 +598,44 @@ pub fn parse_event<'a>(
         .or(v.response.and_then(|r| r.usage))
         .or(v.message.usage)
         .map(Usage::from);
-    let delta = v.delta.text && is_output_delta(kind);
-    let delta_reasoning = delta && kind.starts_with("response.reasoning");
+    Ok(event_info(
+        event_type,
+        v.choices,
+        kind,
+        &v.delta,
+        v.error.is_some() || is_error_object(v.object.as_deref()),
+        usage,
+    ))
+}
+
+/// An event's meaning from its parts: the folded `choices`, its `type`, its top-level `delta`,
+/// whether it has an `error` member or is an error object, its usage.
+fn event_info<'a>(
+    event_type: &[u8],
+    choices: Choices<'a>,
+    kind: &str,
+    delta: &EventDelta,
+    error: bool,
+    usage: Option<Usage>,
+) -> EventInfo<'a> {
+    let output = delta.text && is_output_delta(kind);
+    let output_reasoning = output && kind.starts_with("response.reasoning");
     let block = kind == "content_block_delta";
-    let reasoning = v.choices.reasoning || delta_reasoning || (block && v.delta.reasoning);
-    let answer = v.choices.answer || (delta && !delta_reasoning) || (block && v.delta.answer);
-    Ok(EventInfo {
-        token: reasoning || answer || v.choices.content.is_some(),
+    let reasoning = choices.reasoning || output_reasoning || (block && delta.reasoning);
+    let answer = choices.answer || (output && !output_reasoning) || (block && delta.answer);
+    EventInfo {
+        token: reasoning || answer || choices.content.is_some(),
         reasoning,
         answer,
-        content: v.choices.content,
-        end: v.choices.finished
+        content: choices.content,
+        end: choices.finished
             || matches!(
                 kind,
                 "response.completed" | "response.incomplete" | "response.failed" | "message_stop"
             ),
-        error: v.error.is_some()
-            || matches!(kind, "error" | "response.failed")
-            || is_error_object(v.object.as_deref())
-            || event_type == b"error",
+        error: error || matches!(kind, "error" | "response.failed") || event_type == b"error",
         usage,
-    })
+    }
 }
 
 #[cfg(test)]
