@@ -17,7 +17,8 @@ and splits them by object:
 Instruction counts are repeatable (the same binary, input and environment give the same total
 whatever the load); they are not time: a cache miss counts as one instruction. Paced streams are
 paced at 5 ms here (valgrind runs Envoy ~30-50× slower, and one event per body callback is what
-a real model gives); the read syscalls per request are printed to show it.
+a real model gives). Kernel work (socket reads and writes, epoll), which is most of Envoy's CPU time
+per request, is not counted, so the ratios here are larger than filter_cost.py's CPU ratios.
 
     python3 tests/bench/filter_instructions.py            # 400 non-streaming, 40 × 16, 8 × 256 events
     python3 tests/bench/filter_instructions.py --quick    # a quarter of that, ~1-2 min
