@@ -739,8 +739,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         }
         let mut ex = Exchange::new(api, now_ns());
         ex.set_labels(f.config().resolve_labels(envoy));
-        let content_length = header_str(envoy, abi::REQUEST_HEADER, "content-length");
-        let hold = ex.hold_request(&f.config().config, content_length, end_of_stream);
+        let hold = ex.hold_request(&f.config().config, end_of_stream, || {
+            header_str(envoy, abi::REQUEST_HEADER, "content-length")
+        });
         f.exchange = Some(ex);
         if end_of_stream {
             f.request_chunk(envoy, &[], true);

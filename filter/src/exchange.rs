@@ -204,21 +204,23 @@ impl Exchange {
     /// (stop the headers, buffer the body) so that [`Exchange::take_rewritten_request`] can add
     /// the option. Only chat and completions requests with a body that fits
     /// `inject_max_request_bytes` (by its `content-length`, when it has one) are held.
-    pub fn hold_request(
+    /// `content_length` reads the header; it is called only when the option is on (a header read
+    /// is a host call).
+    pub fn hold_request<L: AsRef<str>>(
         &mut self,
         config: &Config,
-        content_length: Option<&str>,
         end_of_stream: bool,
+        content_length: impl FnOnce() -> Option<L>,
     ) -> bool {
-        let fits = content_length.is_none_or(|v| {
-            v.trim()
-                .parse::<u64>()
-                .is_ok_and(|n| n <= config.inject_max_request_bytes as u64)
-        });
         let hold = config.inject_stream_usage
             && matches!(self.api, Api::ChatCompletions | Api::Completions)
             && !end_of_stream
-            && fits;
+            && content_length().is_none_or(|v| {
+                v.as_ref()
+                    .trim()
+                    .parse::<u64>()
+                    .is_ok_and(|n| n <= config.inject_max_request_bytes as u64)
+            });
         self.inject = hold.then(|| Box::new(Inject::Holding(0)));
         hold
     }
