@@ -6,9 +6,11 @@
 //! (and with it every stream on that worker). Here every status is mapped to a `Result` and a failed
 //! host call only loses the data it would have returned.
 //!
-//! Host calls are the filter's main cost in Envoy, so the data path makes as few as it can: requests
-//! on other paths cost one header read; the clock is read at the request headers, once per SSE chunk
-//! that carries tokens, and in `on_log`; metric ids are cached per series; the shared model registry
+//! Host calls are the filter's main cost in Envoy (about 10,000 instructions each out of V8, see
+//! BENCHMARKS.md), so the data path makes as few as it can: requests on other paths cost one header
+//! read; a watched one reads `:method`, and `content-length` only with `inject_stream_usage`; the
+//! response headers are read in one call ([`header_pairs`]); the clock is read at the request
+//! headers, once per SSE chunk that carries tokens, and in `on_log`; metric ids are cached per series; the shared model registry
 //! is read once per new model name per worker; `response.flags` is read only when the response did not
 //! end. Configured `label_headers` cost one header read each per watched request, and their shared
 //! sets are read once per new value per worker, as for the model.
@@ -22,6 +24,7 @@ use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
 use crate::exchange::Exchange;
+use crate::header_pairs;
 use crate::labels::{
     list_append, list_contains, Admission, HeaderLabels, ModelId, ModelLabels, Registry, MODELS_KEY,
 };
@@ -56,6 +59,11 @@ mod sys {
             data_size: usize,
         ) -> u32;
         pub fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+        pub fn proxy_get_header_map_pairs(
+            map: u32,
+            ret_data: *mut *mut u8,
+            ret_size: *mut usize,
+        ) -> u32;
         pub fn proxy_get_header_map_value(
             map: u32,
             key: *const u8,
@@ -182,6 +190,17 @@ fn set_buffer(buffer: u32, size: usize, data: &[u8]) {
 fn remove_header(map: u32, name: &str) {
     // SAFETY: pointer and length describe a live string.
     unsafe { sys::proxy_remove_header_map_value(map, name.as_ptr(), name.len()) };
+}
+
+/// A whole header map in the ABI's serialised form ([`header_pairs`]); empty when it cannot be read.
+fn get_header_pairs(map: u32) -> Vec<u8> {
+    let (mut data, mut len) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: as for `get_buffer`.
+    match unsafe { sys::proxy_get_header_map_pairs(map, &mut data, &mut len) } {
+        // SAFETY: the call succeeded, so `data`/`len` are the allocation the host made for us.
+        STATUS_OK => unsafe { owned(data, len) },
+        _ => Vec::new(),
+    }
 }
 
 fn get_header_str(map: u32, name: &str) -> Option<String> {
@@ -444,8 +463,9 @@ impl HttpContext for Filter {
         }
         let mut ex = Exchange::new(api, now_ns());
         ex.set_labels(vm.resolve_labels());
-        let content_length = get_header_str(MAP_HTTP_REQUEST_HEADERS, "content-length");
-        if ex.hold_request(&vm.config, content_length.as_deref(), end_of_stream) {
+        if ex.hold_request(&vm.config, end_of_stream, || {
+            get_header_str(MAP_HTTP_REQUEST_HEADERS, "content-length")
+        }) {
             // `inject_stream_usage`: the body is held and may grow. Envoy turns a paused
             // `on_http_request_headers` into "stop all" (no body callbacks until resumed), so the
             // headers go on now, without a length: the upstream receives the body chunked.
@@ -503,14 +523,16 @@ impl HttpContext for Filter {
         let (Some(vm), Some(ex)) = (&self.vm, &mut self.exchange) else {
             return Action::Continue;
         };
-        let status = get_header_str(MAP_HTTP_RESPONSE_HEADERS, ":status")
-            .and_then(|s| s.trim().parse().ok());
-        let content_type = get_header_str(MAP_HTTP_RESPONSE_HEADERS, "content-type");
-        let encoding = get_header_str(MAP_HTTP_RESPONSE_HEADERS, "content-encoding");
+        // One host call for the three headers read here.
+        let map = get_header_pairs(MAP_HTTP_RESPONSE_HEADERS);
+        let text = |name: &str| {
+            header_pairs::first(&map, name.as_bytes()).and_then(|v| std::str::from_utf8(v).ok())
+        };
+        let status = text(":status").and_then(|s| s.trim().parse().ok());
         ex.response_headers(
             status,
-            content_type.as_deref(),
-            encoding.as_deref(),
+            text("content-type"),
+            text("content-encoding"),
             end_of_stream,
             &vm.config,
         );

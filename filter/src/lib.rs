@@ -22,6 +22,7 @@
 //! - [`metrics`]: the public metrics contract (names, labels, tag encoding) and observation → stat ops.
 //! - [`labels`]: the bounded `model` label and `label_headers` labels (sanitising, allowlist, process-wide cap, hashing).
 //! - [`config`]: the strict JSON plugin configuration.
+//! - [`header_pairs`]: the proxy-wasm ABI's serialised header map (one host call for all response headers).
 //! - `host` (wasm32 only): the shell that talks to Envoy through the proxy-wasm ABI.
 //! - `dynamic_module` (native, feature `dynamic-module`): the shell that talks to Envoy as a dynamic
 //!   module (`libllm_metrics_filter.so`), the lowest-cost build.
@@ -57,6 +58,7 @@
 pub mod config;
 pub mod encoding;
 pub mod exchange;
+pub mod header_pairs;
 pub mod inject;
 pub mod labels;
 pub mod metrics;
