@@ -210,6 +210,8 @@ pub struct StreamReport {
     pub response_sent: Vec<u8>,
     /// The request headers as they stood at the end (after any change by the filter).
     pub request_headers: Vec<(String, String)>,
+    /// Host calls the filter made for this stream, `proxy_on_log` included.
+    pub host_calls: u32,
 }
 
 impl StreamReport {
@@ -385,6 +387,12 @@ impl Stream<'_> {
         })
     }
 
+    /// Host calls the filter has made for this stream so far.
+    pub fn host_calls(&self) -> u32 {
+        let ctx = self.ctx;
+        self.with_vm(|vm| Ok(vm.context(ctx).host_calls))
+    }
+
     /// Every callback so far with the `Action` the filter returned.
     pub fn actions(&self) -> Vec<(Callback, Action)> {
         let ctx = self.ctx;
@@ -427,6 +435,7 @@ impl Stream<'_> {
             request_sent: state.request_sent,
             response_sent: state.response_sent,
             request_headers,
+            host_calls: state.host_calls,
         }
     }
 }

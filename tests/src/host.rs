@@ -200,6 +200,9 @@ pub struct ContextState {
     /// Host calls that would change the traffic (header/body writes, local replies, stream
     /// resumption or closing), described in words.
     pub changes: Vec<String>,
+    /// Calls the filter made into the host while this context was active (every import, WASI
+    /// included): what the filter costs Envoy beyond its own code.
+    pub host_calls: u32,
     pub done_called: bool,
 }
 
@@ -992,6 +995,12 @@ impl Vm {
         let compiled = compiled()?;
         let state = VmState::new(shared, vm_index, plugin_config);
         let mut store = Store::new(&compiled.engine, state);
+        store.call_hook(|mut c, hook| {
+            if matches!(hook, wasmtime::CallHook::CallingHost) {
+                c.data_mut().active_context().host_calls += 1;
+            }
+            Ok(())
+        });
         let instance = compiled
             .pre
             .instantiate(&mut store)

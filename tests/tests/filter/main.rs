@@ -9,6 +9,7 @@ mod common;
 mod config;
 mod envoy_config;
 mod fixtures;
+mod host_calls;
 mod inject;
 mod lifecycle;
 mod timing;
