@@ -1201,3 +1201,38 @@ async fn a_thousand_aborted_streams_leave_no_slot_queue_entry_or_kv_behind() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["usage"]["completion_tokens"], 3);
 }
+
+#[tokio::test]
+async fn a_huge_body_is_tokenized_off_the_async_worker() {
+    // The test runtime has one thread. A 3.6 MB message is far over the 256-token context, so
+    // the request ends in a 400 as soon as it is tokenized, with no await after that. Both futures
+    // are polled in order, the huge one first: were its tokenization on the async worker, it would
+    // be answered inside that first poll, before `/health` is even polled.
+    let (app, _) = app();
+    let order = std::sync::Mutex::new(Vec::new());
+    let huge = async {
+        let text = "hello world ".repeat(300_000);
+        let answer = post(
+            &app.router,
+            "/v1/chat/completions",
+            json!({"messages": user(&text), "max_tokens": 1}),
+        )
+        .await;
+        order.lock().unwrap().push("huge");
+        answer
+    };
+    let health = async {
+        let status = call(&app.router, Method::GET, "/health", None)
+            .await
+            .status();
+        order.lock().unwrap().push("health");
+        status
+    };
+    let ((status, v), health) = futures_util::future::join(huge, health).await;
+    assert_eq!(health, StatusCode::OK);
+    assert_eq!(*order.lock().unwrap(), ["health", "huge"]);
+    // The error is the one it always was.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["param"], "messages");
+}
