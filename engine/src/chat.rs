@@ -300,6 +300,18 @@ impl Detokenizer {
         .map_err(|e| anyhow::anyhow!("detokenizer: {e}"))
     }
 
+    /// A detokenizer whose state disagrees with its tokens, so its next step fails (as the
+    /// tokenizers crate's stream decoding does when a decoder rewrites earlier text): for tests of
+    /// what a failure does to usage.
+    #[cfg(test)]
+    pub(crate) fn failing() -> Self {
+        Self {
+            ids: Vec::new(),
+            prefix: "\u{1}".into(),
+            prefix_index: 0,
+        }
+    }
+
     /// Whatever is still held back (an incomplete character at the end of generation).
     pub fn flush(&mut self, tok: &ChatTokenizer) -> anyhow::Result<Option<String>> {
         if self.ids.is_empty() {

@@ -13,6 +13,7 @@
 //!
 //! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
 //! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
+//! [`kv`] (the KV budget in blocks and how caches grow),
 //! [`metrics`] (vLLM series), [`api`] (HTTP handlers), [`server`] (flags and assembly), and
 //! `scripted` (a weight-free backend for the API tests, built only with the `scripted` feature,
 //! which the crate's tests enable).
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod kv;
 pub mod matvec;
 pub mod metrics;
 pub mod qwen3;

@@ -3,6 +3,16 @@
 //!
 //! Exposed in the OpenMetrics text format by `prometheus-client`: counters registered as
 //! `vllm:prompt_tokens` appear as `vllm:prompt_tokens_total`, exactly the series vLLM exports.
+//!
+//! The five series the Gateway API Inference Extension's endpoint picker (and llm-d) scrape from a
+//! vLLM server are here with vLLM's semantics: `vllm:num_requests_waiting`,
+//! `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`, and two info gauges whose labels carry
+//! the data — `vllm:cache_config_info` (value 1; `block_size`, `num_gpu_blocks` and more of vLLM's
+//! `CacheConfig` fields, plus `engine`) and `vllm:lora_requests_info` (value: the Unix time of the
+//! scheduler's last update; `max_lora`, `running_lora_adapters`, `waiting_lora_adapters`, adapter
+//! names comma-joined). vLLM gives these two no `model_name` label, and neither do we. This engine
+//! serves no LoRA adapters, so `max_lora` is `"0"` and both adapter lists are empty; the picker
+//! reads that as "no adapters", where a missing series would be a scrape error.
 
 use std::sync::atomic::AtomicU64;
 
@@ -81,6 +91,26 @@ impl FinishedReason {
     }
 }
 
+/// `vllm:cache_config_info`'s labels: the fields of vLLM's `CacheConfig` that mean something here,
+/// written as vLLM writes them (Python's `str()`: `"False"`, `"auto"`), and vLLM's `engine`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheConfigLabels {
+    block_size: String,
+    /// vLLM's `"auto"`: the KV cache has the model's compute dtype.
+    cache_dtype: String,
+    enable_prefix_caching: String,
+    num_gpu_blocks: String,
+    engine: String,
+}
+
+/// `vllm:lora_requests_info`'s labels, in vLLM's order.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoraLabels {
+    max_lora: String,
+    waiting_lora_adapters: String,
+    running_lora_adapters: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FinishLabels {
     model_name: String,
@@ -107,6 +137,8 @@ pub struct Metrics {
     pub time_per_output_token: Histogram,
     pub request_prompt_tokens: Histogram,
     pub request_generation_tokens: Histogram,
+    cache_config_info: Family<CacheConfigLabels, Gauge>,
+    lora_requests_info: Family<LoraLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -166,6 +198,20 @@ impl Metrics {
             "vllm:request_success",
             "Count of successfully processed requests.",
             request_success.clone(),
+        );
+        // Info gauges, as vLLM emulates Prometheus' info type (a gauge, so the picker's text
+        // parser reads its value).
+        let cache_config_info = Family::<CacheConfigLabels, Gauge>::default();
+        registry.register(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            cache_config_info.clone(),
+        );
+        let lora_requests_info = Family::<LoraLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            lora_requests_info.clone(),
         );
         Self {
             model_name: model_name.to_owned(),
@@ -258,7 +304,38 @@ impl Metrics {
                 &l,
                 max_model_len,
             ),
+            cache_config_info,
+            lora_requests_info,
         }
+    }
+
+    /// Publishes `vllm:cache_config_info` for the KV budget (set once, when the scheduler starts).
+    pub fn set_cache_config(&self, block_size: usize, num_gpu_blocks: usize) {
+        self.cache_config_info
+            .get_or_create(&CacheConfigLabels {
+                block_size: block_size.to_string(),
+                cache_dtype: "auto".into(),
+                enable_prefix_caching: "False".into(),
+                num_gpu_blocks: num_gpu_blocks.to_string(),
+                engine: "0".into(),
+            })
+            .set(1);
+    }
+
+    /// Sets `vllm:lora_requests_info` to the current Unix time, as vLLM does on every scheduler
+    /// update (`set_to_current_time`); no adapters run or wait here.
+    pub fn touch_lora_info(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.lora_requests_info
+            .get_or_create(&LoraLabels {
+                max_lora: "0".into(),
+                waiting_lora_adapters: String::new(),
+                running_lora_adapters: String::new(),
+            })
+            .set(now);
     }
 
     /// Counts a finished request under its [`FinishedReason`] label.

@@ -23,6 +23,8 @@ use candle_nn::{Embedding, VarBuilder};
 use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
 
+use crate::kv::{CachePlan, DEFAULT_BLOCK_SIZE};
+
 /// The subset of a Hugging Face `config.json` that the Qwen3 architecture needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Qwen3Config {
@@ -204,7 +206,8 @@ pub struct Qwen3 {
 }
 
 /// One layer's cache: `(capacity, kv_heads, head_dim)` tensors filled up to the sequence length,
-/// grown by doubling so appends are amortised copies of only the new rows.
+/// grown as its [`CachePlan`] says (doubling, in whole blocks, up to the reservation) so appends
+/// are amortised copies of only the new rows.
 struct LayerCache {
     k: Tensor,
     v: Tensor,
@@ -214,6 +217,7 @@ struct LayerCache {
 pub struct SeqCache {
     layers: Vec<Option<LayerCache>>,
     len: usize,
+    plan: CachePlan,
 }
 
 impl SeqCache {
@@ -224,6 +228,21 @@ impl SeqCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Tokens the cache has memory for, read off its tensors (every layer has the same capacity,
+    /// a whole number of blocks); `capacity() × kv_bytes_per_token()` is what it holds.
+    pub fn capacity(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|c| c.k.dims().first().copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn plan(&self) -> CachePlan {
+        self.plan
     }
 }
 
@@ -330,10 +349,22 @@ impl Qwen3 {
         &self.device
     }
 
+    /// A cache that can grow to the whole context (`max_position_embeddings`), in blocks of
+    /// [`DEFAULT_BLOCK_SIZE`].
     pub fn new_cache(&self) -> SeqCache {
+        self.new_cache_with(CachePlan::new(
+            DEFAULT_BLOCK_SIZE,
+            self.cfg.max_position_embeddings,
+        ))
+    }
+
+    /// A cache that grows as `plan` says and refuses to grow past it (the scheduler passes the
+    /// sequence's KV reservation).
+    pub fn new_cache_with(&self, plan: CachePlan) -> SeqCache {
         SeqCache {
             layers: (0..self.cfg.num_hidden_layers).map(|_| None).collect(),
             len: 0,
+            plan,
         }
     }
 
@@ -378,6 +409,13 @@ impl Qwen3 {
                     cfg.max_position_embeddings
                 );
             }
+            if start + item.tokens.len() > item.cache.plan.max_capacity() {
+                bail!(
+                    "sequence of {} tokens exceeds its KV reservation of {} tokens",
+                    start + item.tokens.len(),
+                    item.cache.plan.max_capacity()
+                );
+            }
             ids.extend_from_slice(item.tokens);
             positions.extend((start..start + item.tokens.len()).map(|p| p as u32));
             lasts.push((ids.len() - 1) as u32);
@@ -406,8 +444,10 @@ impl Qwen3 {
             for item in batch.iter_mut() {
                 let l = item.tokens.len();
                 let prev = item.cache.len;
+                let plan = item.cache.plan;
                 let (kc, vc) = append_kv(
                     &mut item.cache.layers[li],
+                    plan,
                     &k.narrow(0, off, l)?,
                     &v.narrow(0, off, l)?,
                     prev,
@@ -436,9 +476,11 @@ impl Qwen3 {
 }
 
 /// Appends `k`, `v` (`(l, kv_heads, head_dim)`) after `prev` cached rows and returns views of the
-/// whole cache, `(prev + l, kv_heads, head_dim)`.
+/// whole cache, `(prev + l, kv_heads, head_dim)`. A full cache is reallocated at the capacity
+/// `plan` gives (the old buffer is copied in and freed).
 fn append_kv(
     slot: &mut Option<LayerCache>,
+    plan: CachePlan,
     k: &Tensor,
     v: &Tensor,
     prev: usize,
@@ -447,7 +489,12 @@ fn append_kv(
     let need = prev + l;
     let cap = slot.as_ref().map(|c| c.k.dim(0)).transpose()?.unwrap_or(0);
     if need > cap {
-        let new_cap = need.next_power_of_two().max(64);
+        let new_cap = plan.grow(cap, need).with_context(|| {
+            format!(
+                "KV cache of {need} tokens exceeds its reservation of {}",
+                plan.max_capacity()
+            )
+        })?;
         let nk = Tensor::zeros((new_cap, nkv, hd), k.dtype(), k.device())?;
         let nv = Tensor::zeros((new_cap, nkv, hd), v.dtype(), v.device())?;
         if let Some(old) = slot.as_ref() {
@@ -771,6 +818,38 @@ mod tests {
             .unwrap();
         assert_eq!(chunked.len(), 20);
         assert!(max_abs_diff(&a, &b) < 1e-4);
+    }
+
+    #[test]
+    fn cache_memory_grows_in_whole_blocks_up_to_the_reservation_and_no_further() {
+        let cfg = tiny();
+        let m = Qwen3::random(&cfg, 1, &Device::Cpu).unwrap();
+        // Room for 40 tokens in blocks of 16: 48 tokens of memory at most.
+        let mut c = m.new_cache_with(CachePlan::new(16, 40));
+        let feed = |c: &mut SeqCache, tokens: &[u32]| {
+            m.forward(&mut [StepInput { cache: c, tokens }]).map(|_| ())
+        };
+        assert_eq!(c.capacity(), 0);
+        feed(&mut c, &[5; 9]).unwrap();
+        // Every layer's K and V tensors hold exactly one block.
+        for l in c.layers.iter().flatten() {
+            assert_eq!(l.k.dims()[0], 16);
+            assert_eq!(l.v.dims()[0], 16);
+        }
+        assert_eq!(c.capacity(), 16);
+        feed(&mut c, &[6; 8]).unwrap();
+        assert_eq!((c.len(), c.capacity()), (17, 32));
+        for _ in 17..40 {
+            feed(&mut c, &[7]).unwrap();
+        }
+        // Doubling would give 64; the reservation stops it at three blocks.
+        assert_eq!((c.len(), c.capacity()), (40, 48));
+        let err = feed(&mut c, &[8; 9]).unwrap_err().to_string();
+        assert!(
+            err.contains("exceeds its KV reservation of 48 tokens"),
+            "{err}"
+        );
+        assert_eq!((c.len(), c.capacity()), (40, 48));
     }
 
     #[test]

@@ -13,6 +13,23 @@
 //!
 //! A request is cancelled when its event receiver is dropped (the client disconnected, or the
 //! HTTP handler was dropped): the next step frees its slot and its KV cache.
+//!
+//! KV memory is accounted in blocks ([`crate::kv`]): admission reserves the blocks a request can
+//! fill (prompt + `max_tokens` − 1, rounded up), each cache grows in whole blocks up to that
+//! reservation, and `vllm:kv_cache_usage_perc` is the capacity the caches hold over the budget.
+//! [`EngineHandle::submit`] refuses a request whose reservation exceeds the whole budget, so none
+//! can wait at the head of the queue for room that will never come.
+//!
+//! What usage counts: a structural token (the stop token, the think and tool-call tags) counts
+//! when it is handled; a text token counts once the detokenizer has turned it into text (its own
+//! or, for a byte of an unfinished character, the character it completes) or has been flushed
+//! without error at a mode switch or the end. Tokens that produce no text of their own (a special
+//! token skipped in the output, an id the tokenizer does not know) count with the text that
+//! follows them or at the flush. A matched stop string counts its tokens, as OpenAI and vLLM do,
+//! though the stop string is not sent. When the detokenizer fails, the token and any it still held
+//! are dropped together with their text and are not counted; the detokenizer starts afresh. So
+//! `usage.completion_tokens` and `vllm:generation_tokens_total` count what the client was given,
+//! and can be below the number of sampled tokens (`max_tokens` limits the latter).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -23,13 +40,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::chat::{ChatTokenizer, Detokenizer};
+use crate::kv::{max_cached_tokens, CachePlan, KvBudget};
 use crate::metrics::{FinishedReason, Metrics};
 use crate::sampling::{Sampler, SamplingParams, ThinkingConstraint, ThinkingTokens};
 
 /// The model as the scheduler sees it: per-sequence caches and one batched step.
 pub trait Backend: Send + 'static {
     type Cache: Send;
-    fn new_cache(&self) -> Self::Cache;
+    /// An empty cache for one sequence that grows as `plan` says (never past its reservation).
+    fn new_cache(&self, plan: CachePlan) -> Self::Cache;
+    /// Tokens of KV memory `cache` holds now, a whole number of blocks: what usage reports.
+    fn cache_capacity(cache: &Self::Cache) -> usize;
     /// Feeds each sequence its new tokens and returns the logits after each one's last token.
     fn forward(
         &mut self,
@@ -40,8 +61,12 @@ pub trait Backend: Send + 'static {
 impl Backend for crate::qwen3::Qwen3 {
     type Cache = crate::qwen3::SeqCache;
 
-    fn new_cache(&self) -> Self::Cache {
-        crate::qwen3::Qwen3::new_cache(self)
+    fn new_cache(&self, plan: CachePlan) -> Self::Cache {
+        crate::qwen3::Qwen3::new_cache_with(self, plan)
+    }
+
+    fn cache_capacity(cache: &Self::Cache) -> usize {
+        cache.capacity()
     }
 
     fn forward(
@@ -65,9 +90,11 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_queue: usize,
     pub max_model_len: usize,
-    /// KV budget in tokens: a request is admitted when prompt + max_tokens fits next to the
-    /// reservations of the running ones.
+    /// KV budget in tokens; the scheduler uses the whole blocks of `block_size` it holds (rounded
+    /// down, see [`SchedulerConfig::kv_budget`]).
     pub kv_cache_tokens: usize,
+    /// Tokens per KV block: the unit of reservation, allocation and usage (vLLM's `--block-size`).
+    pub block_size: usize,
     pub max_num_batched_tokens: usize,
     /// Give thinking requests Qwen3's `<think>…</think>` shape through a [`ThinkingConstraint`] on
     /// sampling. Only for random weights, which would never think by themselves; trained weights
@@ -76,15 +103,38 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The KV budget in whole blocks.
+    pub fn kv_budget(&self) -> KvBudget {
+        KvBudget::new(self.kv_cache_tokens, self.block_size)
+    }
+
+    /// Blocks that a request with this prompt and `max_tokens` reserves.
+    pub fn blocks_for_request(&self, prompt: usize, max_tokens: usize) -> usize {
+        self.kv_budget()
+            .blocks_for(max_cached_tokens(prompt, max_tokens, self.max_model_len))
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_num_seqs == 0 {
             anyhow::bail!("--max-num-seqs must be at least 1");
         }
-        if self.kv_cache_tokens < self.max_model_len {
+        if self.max_model_len == 0 {
+            anyhow::bail!("--max-model-len must be at least 1");
+        }
+        if self.block_size == 0 {
+            anyhow::bail!("--block-size must be at least 1");
+        }
+        let budget = self.kv_budget();
+        let one = budget.blocks_for(self.max_model_len);
+        if budget.num_blocks < one {
             anyhow::bail!(
-                "--kv-cache-tokens ({}) must be at least --max-model-len ({})",
+                "--kv-cache-tokens ({}) holds {} blocks of --block-size {}; one sequence of \
+                 --max-model-len ({}) needs {one} blocks ({} tokens)",
                 self.kv_cache_tokens,
-                self.max_model_len
+                budget.num_blocks,
+                self.block_size,
+                self.max_model_len,
+                one * self.block_size
             );
         }
         if self.max_num_batched_tokens < self.max_num_seqs {
@@ -174,6 +224,12 @@ pub struct GenerateRequest {
 pub enum SubmitError {
     QueueFull,
     Stopped,
+    /// The request would reserve more KV blocks than the whole budget has: it could never run.
+    /// (The API refuses such a request earlier, by `max_model_len`, which the budget always fits.)
+    TooLarge {
+        blocks: usize,
+        num_blocks: usize,
+    },
 }
 
 struct Queue {
@@ -199,6 +255,12 @@ impl EngineHandle {
     pub fn submit(&self, req: GenerateRequest) -> Result<(), SubmitError> {
         if !self.is_alive() {
             return Err(SubmitError::Stopped);
+        }
+        let cfg = &self.shared.cfg;
+        let blocks = cfg.blocks_for_request(req.prompt.len(), req.max_tokens);
+        let num_blocks = cfg.kv_budget().num_blocks;
+        if blocks > num_blocks {
+            return Err(SubmitError::TooLarge { blocks, num_blocks });
         }
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.shutdown {
@@ -242,6 +304,9 @@ pub fn spawn<B: Backend>(
     metrics: Metrics,
 ) -> anyhow::Result<EngineHandle> {
     cfg.validate()?;
+    let budget = cfg.kv_budget();
+    metrics.set_cache_config(budget.block_size, budget.num_blocks);
+    metrics.touch_lora_info();
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue {
             waiting: VecDeque::new(),
@@ -302,15 +367,49 @@ struct Running<C> {
     mode: Mode,
     reasoning_seen: bool,
     reasoning_tokens: usize,
+    /// Generated tokens counted in usage so far (see the module docs for the rule).
+    completion_tokens: usize,
+    /// Text tokens handed to the detokenizer that it has not yet turned into text.
+    held: usize,
     tool_calls: usize,
     pending: String,
     admitted: Instant,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
+    /// KV blocks reserved at admission.
     reserve: usize,
 }
 
 impl<C> Running<C> {
+    fn new(
+        req: GenerateRequest,
+        cache: C,
+        steer: Option<ThinkingConstraint>,
+        reserve: usize,
+        admitted: Instant,
+    ) -> Self {
+        Self {
+            cache,
+            fed: 0,
+            generated: Vec::new(),
+            sampler: Sampler::new(req.sampling.clone()),
+            steer,
+            detok: Detokenizer::default(),
+            mode: Mode::Content,
+            reasoning_seen: false,
+            reasoning_tokens: 0,
+            completion_tokens: 0,
+            held: 0,
+            tool_calls: 0,
+            pending: String::new(),
+            admitted,
+            first_token: None,
+            last_token: None,
+            reserve,
+            req,
+        }
+    }
+
     fn prefilling(&self) -> bool {
         self.fed < self.req.prompt.len()
     }
@@ -376,8 +475,11 @@ impl<B: Backend> Scheduler<B> {
                 let Some(front) = q.waiting.front() else {
                     break;
                 };
-                let need = front.prompt.len() + front.max_tokens;
-                if self.reserved + need > cfg.kv_cache_tokens {
+                // Blocks, not tokens: what the cache will really allocate at most. `submit`
+                // refused anything larger than the whole budget, so an empty engine always
+                // admits the head of the queue.
+                let need = cfg.blocks_for_request(front.prompt.len(), front.max_tokens);
+                if self.reserved + need > cfg.kv_budget().num_blocks {
                     break;
                 }
                 let Some(req) = q.waiting.pop_front() else {
@@ -387,31 +489,18 @@ impl<B: Backend> Scheduler<B> {
                 m.request_queue_time
                     .observe(now.duration_since(req.arrival).as_secs_f64());
                 self.reserved += need;
-                self.running.push(Running {
-                    cache: self.backend.new_cache(),
-                    fed: 0,
-                    generated: Vec::new(),
-                    sampler: Sampler::new(req.sampling.clone()),
-                    steer: self.thinking.as_ref().map(|t| {
-                        ThinkingConstraint::for_prompt(
-                            t,
-                            &req.prompt,
-                            req.sampling.seed,
-                            req.max_tokens,
-                        )
-                    }),
-                    detok: Detokenizer::default(),
-                    mode: Mode::Content,
-                    reasoning_seen: false,
-                    reasoning_tokens: 0,
-                    tool_calls: 0,
-                    pending: String::new(),
-                    admitted: now,
-                    first_token: None,
-                    last_token: None,
-                    reserve: need,
-                    req,
+                let plan = CachePlan::new(cfg.block_size, need * cfg.block_size);
+                let steer = self.thinking.as_ref().map(|t| {
+                    ThinkingConstraint::for_prompt(
+                        t,
+                        &req.prompt,
+                        req.sampling.seed,
+                        req.max_tokens,
+                    )
                 });
+                let cache = self.backend.new_cache(plan);
+                self.running
+                    .push(Running::new(req, cache, steer, need, now));
             }
             m.num_requests_waiting.set(q.waiting.len() as i64);
             m.num_requests_running.set(self.running.len() as i64);
@@ -448,16 +537,19 @@ impl<B: Backend> Scheduler<B> {
         m.num_requests_running.set(self.running.len() as i64);
     }
 
+    /// Running count and KV usage: the memory the caches hold now (their capacity, in blocks)
+    /// over the budget.
     fn update_gauges(&self) {
         let m = &self.shared.metrics;
-        let used: usize = self
+        let allocated: usize = self
             .running
             .iter()
-            .map(|r| r.fed + r.generated.len().saturating_sub(1))
+            .map(|r| B::cache_capacity(&r.cache))
             .sum();
         m.kv_cache_usage_perc
-            .set(used as f64 / self.shared.cfg.kv_cache_tokens as f64);
+            .set(allocated as f64 / self.shared.cfg.kv_budget().tokens() as f64);
         m.num_requests_running.set(self.running.len() as i64);
+        m.touch_lora_info();
     }
 
     fn step(&mut self) {
@@ -596,38 +688,51 @@ fn on_token<C>(
     }
     r.last_token = Some(now);
     r.generated.push(token);
-    m.generation_tokens.inc();
 
     if tok.stop_token_ids.contains(&token) {
+        count(r, 1, m);
         return Some(FinishReason::Stop);
     }
     let mut stopped = false;
     if r.req.split_reasoning && Some(token) == tok.think_start && !r.reasoning_seen {
-        flush_mode(r, tok);
+        flush_mode(r, tok, m);
+        count(r, 1, m);
         r.mode = Mode::Reasoning;
         r.reasoning_seen = true;
     } else if r.req.split_reasoning && Some(token) == tok.think_end && r.mode == Mode::Reasoning {
-        flush_mode(r, tok);
+        flush_mode(r, tok, m);
+        count(r, 1, m);
         r.mode = Mode::Content;
     } else if r.req.parse_tool_calls
         && Some(token) == tok.tool_call_start
         && r.mode == Mode::Content
     {
-        flush_mode(r, tok);
+        flush_mode(r, tok, m);
+        count(r, 1, m);
         r.mode = Mode::ToolCall;
     } else if r.req.parse_tool_calls && Some(token) == tok.tool_call_end && r.mode == Mode::ToolCall
     {
-        end_tool_call(r, tok);
+        count(r, 1, m);
+        end_tool_call(r, tok, m);
     } else {
-        if r.mode == Mode::Reasoning {
-            r.reasoning_tokens += 1;
-        }
+        r.held += 1;
         match r.detok.step(tok, token) {
-            // A tool call is held whole until its closing tag; stop strings do not apply inside.
-            Ok(Some(text)) if r.mode == Mode::ToolCall => r.pending.push_str(&text),
-            Ok(Some(text)) => stopped = push_text(r, &text),
+            Ok(Some(text)) => {
+                settle(r, m);
+                if r.mode == Mode::ToolCall {
+                    // A tool call is held whole until its closing tag; stop strings do not
+                    // apply inside.
+                    r.pending.push_str(&text);
+                } else {
+                    stopped = push_text(r, &text);
+                }
+            }
+            // An unfinished character, or a token with no text of its own: settled later.
             Ok(None) => {}
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => {
+                tracing::warn!("{e}; its text and {} held token(s) dropped", r.held - 1);
+                drop_held(r);
+            }
         }
     }
     if stopped {
@@ -691,12 +796,49 @@ fn emit<C>(r: &Running<C>, text: String) {
     }
 }
 
+/// Counts `n` generated tokens in usage and in `vllm:generation_tokens_total`.
+fn count<C>(r: &mut Running<C>, n: usize, m: &Metrics) {
+    r.completion_tokens += n;
+    m.generation_tokens.inc_by(n as u64);
+}
+
+/// The detokenizer produced text for every token it held: count them (as reasoning too, inside
+/// `<think>`: the mode is flushed at every switch, so held tokens are all of the current mode).
+fn settle<C>(r: &mut Running<C>, m: &Metrics) {
+    let n = std::mem::take(&mut r.held);
+    if r.mode == Mode::Reasoning {
+        r.reasoning_tokens += n;
+    }
+    count(r, n, m);
+}
+
+/// The detokenizer failed: the tokens it held are dropped with their text, uncounted, and it
+/// starts afresh (its state no longer matches its tokens).
+fn drop_held<C>(r: &mut Running<C>) {
+    r.held = 0;
+    r.detok = Detokenizer::default();
+}
+
+/// Moves what the detokenizer still holds into `pending`, settling or dropping its tokens.
+fn flush_detok<C>(r: &mut Running<C>, tok: &ChatTokenizer, m: &Metrics) {
+    match r.detok.flush(tok) {
+        Ok(rest) => {
+            settle(r, m);
+            if let Some(rest) = rest {
+                r.pending.push_str(&rest);
+            }
+        }
+        Err(e) => {
+            tracing::warn!("{e}; {} held token(s) dropped", r.held);
+            drop_held(r);
+        }
+    }
+}
+
 /// Parses the held `<tool_call>` body (Hermes-style JSON, as Qwen3's template asks for) into a
 /// tool-call event; a body that is not a call is passed through as content, tags included.
-fn end_tool_call<C>(r: &mut Running<C>, tok: &ChatTokenizer) {
-    if let Ok(Some(rest)) = r.detok.flush(tok) {
-        r.pending.push_str(&rest);
-    }
+fn end_tool_call<C>(r: &mut Running<C>, tok: &ChatTokenizer, m: &Metrics) {
+    flush_detok(r, tok, m);
     let body = std::mem::take(&mut r.pending);
     r.mode = Mode::Content;
     let parsed: Option<(String, String)> = serde_json::from_str::<serde_json::Value>(body.trim())
@@ -724,10 +866,8 @@ fn end_tool_call<C>(r: &mut Running<C>, tok: &ChatTokenizer) {
 }
 
 /// Emits everything held for the current mode (at a `<think>` boundary or the end).
-fn flush_mode<C>(r: &mut Running<C>, tok: &ChatTokenizer) {
-    if let Ok(Some(rest)) = r.detok.flush(tok) {
-        r.pending.push_str(&rest);
-    }
+fn flush_mode<C>(r: &mut Running<C>, tok: &ChatTokenizer, m: &Metrics) {
+    flush_detok(r, tok, m);
     let out = std::mem::take(&mut r.pending);
     emit(r, out);
 }
@@ -738,16 +878,15 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
             .generated
             .last()
             .is_some_and(|t| tok.stop_token_ids.contains(t));
+    let m = &shared.metrics;
     if r.mode == Mode::ToolCall {
         // An unterminated tool call is returned as the text it is.
-        if let Ok(Some(rest)) = r.detok.flush(tok) {
-            r.pending.push_str(&rest);
-        }
+        flush_detok(&mut r, tok, m);
         r.pending.insert_str(0, "<tool_call>");
         r.mode = Mode::Content;
     }
     if !stopped_by_string {
-        flush_mode(&mut r, tok);
+        flush_mode(&mut r, tok, m);
     }
     let reason = if reason == FinishReason::Stop && r.tool_calls > 0 {
         FinishReason::ToolCalls
@@ -755,7 +894,6 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
         reason
     };
     let now = Instant::now();
-    let m = &shared.metrics;
     m.e2e_request_latency
         .observe(now.duration_since(r.req.arrival).as_secs_f64());
     let first = r.first_token.unwrap_or(now);
@@ -766,10 +904,11 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
     m.request_finished(reason.into());
     m.request_prompt_tokens.observe(r.req.prompt.len() as f64);
     m.request_generation_tokens
-        .observe(r.generated.len() as f64);
+        .observe(r.completion_tokens as f64);
     tracing::info!(
         prompt_tokens = r.req.prompt.len(),
-        completion_tokens = r.generated.len(),
+        completion_tokens = r.completion_tokens,
+        sampled_tokens = r.generated.len(),
         reasoning_tokens = r.reasoning_tokens,
         finish_reason = reason.as_str(),
         ttft_ms = first.duration_since(r.req.arrival).as_millis() as u64,
@@ -780,7 +919,7 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
         reason,
         usage: Usage {
             prompt_tokens: r.req.prompt.len(),
-            completion_tokens: r.generated.len(),
+            completion_tokens: r.completion_tokens,
             reasoning_tokens: r.reasoning_tokens,
         },
     });
@@ -789,6 +928,124 @@ fn finish<C>(mut r: Running<C>, reason: FinishReason, tok: &ChatTokenizer, share
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::MetricsRegistry;
+
+    fn shared(metrics: Metrics) -> Shared {
+        Shared {
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            alive: AtomicBool::new(true),
+            cfg: SchedulerConfig {
+                max_num_seqs: 1,
+                max_queue: 1,
+                max_model_len: 256,
+                kv_cache_tokens: 256,
+                block_size: 16,
+                max_num_batched_tokens: 16,
+                steer_thinking: false,
+            },
+            metrics,
+        }
+    }
+
+    fn running(split_reasoning: bool) -> (Running<()>, mpsc::UnboundedReceiver<Event>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let req = GenerateRequest {
+            prompt: vec![1, 2, 3],
+            max_tokens: 64,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            split_reasoning,
+            parse_tool_calls: false,
+            events,
+            arrival: Instant::now(),
+        };
+        (Running::new(req, (), None, 1, Instant::now()), rx)
+    }
+
+    fn tokenizer() -> ChatTokenizer {
+        let dir = crate::chat::locate_tokenizer_dir(None).unwrap_or_else(|e| panic!("{e}"));
+        ChatTokenizer::from_dir(&dir).unwrap()
+    }
+
+    /// Feeds `tokens`, finishes at the end (or at a stop token) and returns the text sent and
+    /// the usage reported.
+    fn generate(
+        mut r: Running<()>,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        tokens: &[u32],
+        tok: &ChatTokenizer,
+        sh: &Shared,
+    ) -> (String, Usage) {
+        let mut reason = FinishReason::Length;
+        for &t in tokens {
+            if let Some(why) = on_token(&mut r, t, tok, sh) {
+                reason = why;
+                break;
+            }
+        }
+        finish(r, reason, tok, sh);
+        let mut text = String::new();
+        let mut usage = None;
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                Event::Delta { text: t, .. } => text.push_str(&t),
+                Event::Done { usage: u, .. } => usage = Some(u),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (text, usage.expect("a Done event"))
+    }
+
+    #[test]
+    fn a_token_whose_text_the_detokenizer_lost_is_not_counted() {
+        // Regression: a failed detokenizer step dropped the token's text but still counted the
+        // token in usage and vllm:generation_tokens_total; and because the detokenizer kept its
+        // broken state, every later token failed the same way, so the client got no text at all
+        // for a usage of 3.
+        let tok = tokenizer();
+        let registry = MetricsRegistry::new("m", 256);
+        let sh = shared(registry.metrics.clone());
+        let hello = tok.encode("Hello").unwrap();
+        assert_eq!(hello.len(), 1);
+        let (mut r, rx) = running(false);
+        r.detok = Detokenizer::failing();
+        let (text, usage) = generate(r, rx, &[hello[0], hello[0], 151645], &tok, &sh);
+        // The first "Hello" is lost with the failure; the detokenizer starts afresh for the second;
+        // the stop token counts as the finish reason it becomes.
+        assert_eq!(text, "Hello");
+        assert_eq!(usage.completion_tokens, 2);
+        assert_eq!(registry.metrics.generation_tokens.get(), 2);
+    }
+
+    #[test]
+    fn tokens_without_text_of_their_own_count_with_the_text_that_completes_them() {
+        // A rare character is several byte-level tokens, none of them text alone. A special
+        // token skipped in the output and an id the tokenizer does not know produce nothing
+        // either. All count once the detokenizer has settled them, at the next text or at the
+        // final flush.
+        let tok = tokenizer();
+        let registry = MetricsRegistry::new("m", 256);
+        let sh = shared(registry.metrics.clone());
+        let rare = ["𓂀", "🫠", "ꙮ", "𝔘", "🦩"]
+            .into_iter()
+            .find(|c| tok.encode(c).unwrap().len() >= 2)
+            .expect("a character that takes several tokens");
+        let mut tokens = vec![151644, 151_900];
+        tokens.extend(tok.encode(rare).unwrap());
+        tokens.extend(tok.encode("!").unwrap());
+        let (r, rx) = running(false);
+        let (text, usage) = generate(r, rx, &tokens, &tok, &sh);
+        assert_eq!(text, format!("{rare}!"));
+        assert_eq!(usage.completion_tokens, tokens.len());
+        assert_eq!(
+            registry.metrics.generation_tokens.get(),
+            tokens.len() as u64
+        );
+    }
 
     #[test]
     fn suffix_prefix_hold_back() {

@@ -50,9 +50,13 @@ pub struct Args {
     /// Context length (prompt + completion); default min(model limit, 8192).
     #[arg(long)]
     pub max_model_len: Option<usize>,
-    /// KV-cache budget in tokens over all running sequences (default max-num-seqs × max-model-len).
+    /// KV-cache budget in tokens over all running sequences, used in whole blocks (rounded down);
+    /// default: max-num-seqs full contexts, each rounded up to whole blocks.
     #[arg(long)]
     pub kv_cache_tokens: Option<usize>,
+    /// Tokens per KV-cache block: the unit in which caches are reserved, allocated and reported.
+    #[arg(long, default_value_t = crate::kv::DEFAULT_BLOCK_SIZE)]
+    pub block_size: usize,
     /// Most tokens (prompt chunks + decode tokens) in one forward step.
     #[arg(long, default_value_t = 512)]
     pub max_num_batched_tokens: usize,
@@ -142,11 +146,22 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
     }
     let kv_per_token = model.config().kv_bytes_per_token();
     let sched = scheduler_config(args, max_model_len);
+    // Configuration errors name the flag before anything else is logged.
+    sched.validate()?;
+    let budget = sched.kv_budget();
+    // The most KV memory the caches can hold: the whole budget, plus the old copy of one layer of
+    // the largest sequence while its cache grows (see `kv`).
+    let largest = budget.blocks_for(max_model_len) * budget.block_size;
+    let worst = budget.tokens() * kv_per_token
+        + largest * kv_per_token / model.config().num_hidden_layers.max(1);
     tracing::info!(
-        "max_model_len {max_model_len}, KV budget {} tokens (at most {:.1} GiB at {} KiB per token)",
-        sched.kv_cache_tokens,
-        (sched.kv_cache_tokens * kv_per_token) as f64 / (1u64 << 30) as f64,
-        kv_per_token / 1024
+        "max_model_len {max_model_len}, KV budget {} blocks of {} tokens ({} tokens): at most \
+         {:.2} GiB at {} bytes per token",
+        budget.num_blocks,
+        budget.block_size,
+        budget.tokens(),
+        worst as f64 / (1u64 << 30) as f64,
+        kv_per_token
     );
     assemble(
         model,
@@ -163,10 +178,14 @@ fn scheduler_config(args: &Args, max_model_len: usize) -> SchedulerConfig {
         max_num_seqs: args.max_num_seqs,
         max_queue: args.max_queue,
         max_model_len,
-        // By default every slot can hold a full context; memory grows only with actual use.
-        kv_cache_tokens: args
-            .kv_cache_tokens
-            .unwrap_or(args.max_num_seqs.max(1) * max_model_len),
+        // By default every slot can hold a full context in whole blocks; memory is allocated as
+        // the caches fill (see `kv`).
+        kv_cache_tokens: args.kv_cache_tokens.unwrap_or(
+            args.max_num_seqs.max(1)
+                * max_model_len.div_ceil(args.block_size.max(1))
+                * args.block_size.max(1),
+        ),
+        block_size: args.block_size,
         max_num_batched_tokens: args.max_num_batched_tokens,
         // Random preset weights get Qwen3's thinking shape imposed (they would never open a think
         // block); weights loaded with --model are trained and sampled as they are.
@@ -274,6 +293,30 @@ mod tests {
         let args = Args::parse_from(["qwen3-engine", "--model", missing.to_str().unwrap_or(".")]);
         let err = format!("{:#}", build(&args).err().expect("missing snapshot"));
         assert!(err.starts_with("--model: cannot read "), "{err}");
+    }
+
+    #[test]
+    fn the_default_kv_budget_holds_a_full_context_per_slot_in_whole_blocks() {
+        let cfg = |argv: &[&str]| scheduler_config(&Args::parse_from(argv), 1000);
+        // 1,000 tokens take 63 blocks of 16: two slots get 2 × 63 blocks, not 2,000 tokens.
+        let c = cfg(&["qwen3-engine", "--max-num-seqs", "2"]);
+        assert_eq!((c.kv_cache_tokens, c.block_size), (2016, 16));
+        assert_eq!(c.kv_budget().num_blocks, 126);
+        c.validate().unwrap();
+        let c = cfg(&[
+            "qwen3-engine",
+            "--block-size",
+            "32",
+            "--kv-cache-tokens",
+            "1010",
+        ]);
+        assert_eq!(c.kv_budget().num_blocks, 31);
+        let err = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--kv-cache-tokens (1010) holds 31 blocks of --block-size 32; one sequence of \
+             --max-model-len (1000) needs 32 blocks (1024 tokens)"
+        );
     }
 
     #[test]

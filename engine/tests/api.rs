@@ -11,8 +11,8 @@ use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use qwen3_engine::chat::{locate_tokenizer_dir, ChatTokenizer};
-use qwen3_engine::scheduler::SchedulerConfig;
-use qwen3_engine::scripted::ScriptedBackend;
+use qwen3_engine::scheduler::{GenerateRequest, SchedulerConfig, SubmitError};
+use qwen3_engine::scripted::{ScriptedBackend, StepGate};
 use qwen3_engine::server::{assemble, Built};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -50,6 +50,7 @@ fn sched(max_num_seqs: usize, max_queue: usize) -> SchedulerConfig {
         max_queue,
         max_model_len: 256,
         kv_cache_tokens: 4096,
+        block_size: 16,
         max_num_batched_tokens: 512,
         steer_thinking: false,
     }
@@ -1200,4 +1201,285 @@ async fn a_thousand_aborted_streams_leave_no_slot_queue_entry_or_kv_behind() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["usage"]["completion_tokens"], 3);
+}
+
+/// Waits for the scripted backend to hold at its next gated step and returns that step.
+async fn held_at(held: &mut tokio::sync::mpsc::UnboundedReceiver<usize>) -> usize {
+    // Only a guard against a hang: the gate is reached as soon as the scheduler gets there.
+    tokio::time::timeout(Duration::from_secs(60), held.recv())
+        .await
+        .expect("the backend never reached the gated step")
+        .expect("the backend is gone")
+}
+
+fn stream_body(max_tokens: usize) -> Value {
+    json!({"messages": user("Hi"), "stream": true, "max_tokens": max_tokens})
+}
+
+#[tokio::test]
+async fn kv_usage_is_the_memory_the_caches_hold_while_sequences_run() {
+    // 16 blocks of 16 tokens. The backend stops at the start of steps 1, 20 and 60, before the
+    // step grows any cache, so the gauge is read against a cache that cannot move.
+    let t = tokenizer();
+    assert_eq!(prompt_len(&t, user("Hi"), None), 9);
+    let (gate, mut held, release) = StepGate::new(vec![1, 20, 60]);
+    let mut b = backend(vec![], Duration::ZERO);
+    b.gate = Some(gate);
+    let mut cfg = sched(4, 4);
+    cfg.kv_cache_tokens = 256;
+    let app = app_of(b, cfg);
+    let resp = call(
+        &app.router,
+        Method::POST,
+        "/v1/chat/completions",
+        Some(stream_body(100)),
+    )
+    .await;
+    // Step n starts with the 9 prompt tokens and n - 1 decoded tokens cached. The cache holds one
+    // block for 9 tokens, doubles to 2 blocks for 28, and for 68 stops at its reservation, 7 blocks
+    // (9 + 99 tokens rounded up), where doubling alone would have given 8.
+    for (step, capacity) in [(1, 16.0), (20, 32.0), (60, 112.0)] {
+        assert_eq!(held_at(&mut held).await, step);
+        assert_eq!(
+            metric(&app, "vllm:kv_cache_usage_perc{").await,
+            capacity / 256.0,
+            "at step {step}"
+        );
+        release.send(()).unwrap();
+    }
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.ends_with(b"data: [DONE]\n\n"));
+    assert_eq!(metric(&app, "vllm:kv_cache_usage_perc{").await, 0.0);
+}
+
+#[tokio::test]
+async fn admission_reserves_whole_blocks() {
+    // 16 blocks of 16 tokens; every prompt is 9 tokens. A reserves 9 + 91 = 100 tokens: 7 blocks.
+    // B reserves 9 + 135 = 144 tokens: 9 blocks, exactly what is left. C reserves one block and
+    // must wait, although in tokens (100 + 144 + 9 of 256) all three would fit: the caches would
+    // then need 17 blocks of memory.
+    let (gate, mut held, release) = StepGate::new(vec![0, 1]);
+    let mut b = backend(vec![], Duration::ZERO);
+    b.gate = Some(gate);
+    let mut cfg = sched(4, 4);
+    cfg.kv_cache_tokens = 256;
+    let app = app_of(b, cfg);
+    let post_stream = |max_tokens| {
+        call(
+            &app.router,
+            Method::POST,
+            "/v1/chat/completions",
+            Some(stream_body(max_tokens)),
+        )
+    };
+    let a = post_stream(92).await;
+    assert_eq!(held_at(&mut held).await, 0);
+    let b = post_stream(136).await;
+    let c = post_stream(1).await;
+    release.send(()).unwrap();
+    // Step 1 is the first after A's prefill: whatever could be admitted has been.
+    assert_eq!(held_at(&mut held).await, 1);
+    assert_eq!(metric(&app, "vllm:num_requests_running{").await, 2.0);
+    assert_eq!(metric(&app, "vllm:num_requests_waiting{").await, 1.0);
+    drop(release);
+    // C runs once A and B have finished and given their blocks back.
+    let c = c.into_body().collect().await.unwrap().to_bytes();
+    assert!(c.ends_with(b"data: [DONE]\n\n"));
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn a_request_larger_than_the_whole_kv_budget_never_enters_the_queue() {
+    // 16 blocks of 16 tokens, a 256-token context. Through the API such a request is refused by
+    // the context length (400), since a budget must hold one full context; a caller of the
+    // scheduler itself gets `TooLarge` and the queue stays as it was.
+    let mut cfg = sched(1, 4);
+    cfg.kv_cache_tokens = 256;
+    let app = app_with(vec![], cfg.clone(), Duration::ZERO);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let err = app.state.engine.submit(GenerateRequest {
+        prompt: vec![1; 300],
+        max_tokens: 1,
+        sampling: Default::default(),
+        stop: Vec::new(),
+        split_reasoning: false,
+        parse_tool_calls: false,
+        events: tx,
+        arrival: std::time::Instant::now(),
+    });
+    assert_eq!(
+        err,
+        Err(SubmitError::TooLarge {
+            blocks: 19,
+            num_blocks: 16
+        })
+    );
+    assert_eq!(metric(&app, "vllm:num_requests_waiting{").await, 0.0);
+    let (status, v) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Hi"), "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+
+    // A budget that cannot hold one full context is a configuration error naming the flags.
+    cfg.max_model_len = 4096;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "--kv-cache-tokens (256) holds 16 blocks of --block-size 16; one sequence of \
+         --max-model-len (4096) needs 256 blocks (4096 tokens)"
+    );
+    cfg.block_size = 0;
+    assert_eq!(
+        cfg.validate().unwrap_err().to_string(),
+        "--block-size must be at least 1"
+    );
+}
+
+/// The families named in `families`, parsed from `/metrics` by a Prometheus text-format parser.
+/// Only those lines are handed to it: the parser refuses OpenMetrics counters, whose samples carry
+/// a `_total` suffix their `# TYPE` line does not (Prometheus' own parser, which the endpoint
+/// picker uses, takes them).
+async fn scrape(app: &Built, families: &[&str]) -> prom_text_format_parser::Scrape {
+    let resp = call(&app.router, Method::GET, "/metrics", None).await;
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let ours = |line: &str| {
+        let name = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+            .unwrap_or(line);
+        families.iter().any(|f| {
+            name.strip_prefix(f)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+    };
+    let picked: String = text
+        .lines()
+        .filter(|l| ours(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    prom_text_format_parser::Scrape::parse(&picked).unwrap_or_else(|e| panic!("{e:?} in\n{text}"))
+}
+
+/// The labels of the one sample of gauge `name`, and its value.
+fn gauge(s: &prom_text_format_parser::Scrape, name: &str) -> (Vec<(String, String)>, f64) {
+    let m = s
+        .metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(m.kind, prom_text_format_parser::Type::Gauge, "{name}");
+    assert_eq!(m.samples.len(), 1, "{name}: {:?}", m.samples);
+    let sample = &m.samples[0];
+    let labels = sample
+        .labels
+        .iter()
+        .map(|l| (l.key.clone(), l.value.clone()))
+        .collect();
+    (labels, sample.value.value.as_f64())
+}
+
+#[tokio::test]
+async fn the_series_the_inference_extension_scrapes_parse_with_vllm_labels() {
+    // 1,000 tokens are 62 whole blocks of 16.
+    let mut cfg = sched(4, 8);
+    cfg.kv_cache_tokens = 1000;
+    let app = app_with(vec![], cfg, Duration::ZERO);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let (status, _) = post(
+        &app.router,
+        "/v1/chat/completions",
+        json!({"messages": user("Hi"), "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let picked = [
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:cache_config_info",
+        "vllm:lora_requests_info",
+    ];
+    let s = scrape(&app, &picked).await;
+    assert_eq!(s.metrics.len(), 5, "{:?}", s.metrics);
+    let model = vec![("model_name".to_owned(), MODEL.to_owned())];
+    for name in &picked[..3] {
+        assert_eq!(gauge(&s, name), (model.clone(), 0.0), "{name}");
+    }
+    let (labels, value) = gauge(&s, "vllm:cache_config_info");
+    let get = |k: &str| {
+        labels
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(value, 1.0);
+    assert_eq!(get("block_size"), Some("16"));
+    assert_eq!(get("num_gpu_blocks"), Some("62"));
+    assert_eq!(get("engine"), Some("0"));
+    assert_eq!(
+        get("model_name"),
+        None,
+        "vLLM's info gauge has no model_name"
+    );
+    let (labels, value) = gauge(&s, "vllm:lora_requests_info");
+    assert_eq!(
+        labels,
+        [
+            ("max_lora".to_owned(), "0".to_owned()),
+            ("waiting_lora_adapters".to_owned(), String::new()),
+            ("running_lora_adapters".to_owned(), String::new()),
+        ]
+    );
+    // The value is the Unix time of the scheduler's last update, which ran for the request above.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (before..=now).contains(&value),
+        "{before} <= {value} <= {now}"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_body_is_tokenized_off_the_async_worker() {
+    // The test runtime has one thread. A 3.6 MB message is far over the 256-token context, so
+    // the request ends in a 400 as soon as it is tokenized, with no await after that. Both futures
+    // are polled in order, the huge one first: were its tokenization on the async worker, it would
+    // be answered inside that first poll, before `/health` is even polled.
+    let (app, _) = app();
+    let order = std::sync::Mutex::new(Vec::new());
+    let huge = async {
+        let text = "hello world ".repeat(300_000);
+        let answer = post(
+            &app.router,
+            "/v1/chat/completions",
+            json!({"messages": user(&text), "max_tokens": 1}),
+        )
+        .await;
+        order.lock().unwrap().push("huge");
+        answer
+    };
+    let health = async {
+        let status = call(&app.router, Method::GET, "/health", None)
+            .await
+            .status();
+        order.lock().unwrap().push("health");
+        status
+    };
+    let ((status, v), health) = futures_util::future::join(huge, health).await;
+    assert_eq!(health, StatusCode::OK);
+    assert_eq!(*order.lock().unwrap(), ["health", "huge"]);
+    // The error is the one it always was.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["param"], "messages");
 }

@@ -55,6 +55,7 @@ fn scripted(steer_thinking: bool) -> Router {
         max_queue: 8,
         max_model_len: 512,
         kv_cache_tokens: 4096,
+        block_size: 16,
         max_num_batched_tokens: 512,
         steer_thinking,
     };

@@ -86,6 +86,14 @@ pub fn submit(
         .map_err(|e| match e {
             SubmitError::QueueFull => ApiError::QueueFull,
             SubmitError::Stopped => ApiError::Unavailable("the engine is not running".into()),
+            SubmitError::TooLarge { blocks, num_blocks } => ApiError::bad(
+                "max_tokens",
+                format!(
+                    "the prompt and `max_tokens` need {blocks} KV-cache blocks, more than the \
+                     {num_blocks} this server has. Please reduce the length of the input or \
+                     `max_tokens`."
+                ),
+            ),
         })?;
     Ok(Job {
         kind,

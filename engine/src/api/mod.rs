@@ -2,7 +2,7 @@
 //!
 //! A body is parsed into typed views (`request`, built from the JSON shapes in `fields`; a value
 //! of the wrong type is an error that names the field), checked for meaning and turned into a
-//! prompt (`validate`), submitted to the scheduler (`job`), and answered as one JSON response
+//! prompt (`validate`) — these three on tokio's blocking pool, off the async workers —, submitted to the scheduler (`job`), and answered as one JSON response
 //! (`response`) or as server-sent events (`sse`). Every failure is an [`ApiError`] in OpenAI's
 //! error shape.
 
@@ -110,48 +110,89 @@ fn body_or_error(body: BodyResult) -> Result<Bytes, ApiError> {
 }
 
 async fn chat_completions(State(st): State<Arc<AppState>>, body: BodyResult) -> Response {
-    answer(&st, body, chat_job).await
+    answer(st, body, prepare_chat).await
 }
 
 async fn completions(State(st): State<Arc<AppState>>, body: BodyResult) -> Response {
-    answer(&st, body, completion_job).await
+    answer(st, body, prepare_completion).await
 }
 
-/// Turns the body into a job with `job_of` and answers it, or answers the error.
+/// A request ready for the scheduler: its prompt tokens and settings.
+struct Prepared {
+    kind: Kind,
+    ids: Vec<u32>,
+    max_tokens: usize,
+    common: validate::Common,
+    parse_tool_calls: bool,
+}
+
+/// Turns the body into a prompt with `prepare`, submits it and answers it, or answers the error.
+///
+/// `prepare` (JSON parsing, chat-template rendering, tokenization) runs on tokio's blocking pool:
+/// for a body of megabytes it takes long enough to stall every other connection an async worker
+/// serves (`/health`, `/metrics`, streams). Submission stays here, so a client that hangs up while
+/// its body is being tokenized never reaches the queue.
 async fn answer(
-    st: &AppState,
+    st: Arc<AppState>,
     body: BodyResult,
-    job_of: fn(&AppState, Bytes) -> Result<Job, ApiError>,
+    prepare: fn(&AppState, Bytes) -> Result<Prepared, ApiError>,
 ) -> Response {
-    match body_or_error(body).and_then(|b| job_of(st, b)) {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let prepared = {
+        let st = st.clone();
+        tokio::task::spawn_blocking(move || prepare(&st, body)).await
+    };
+    let job = match prepared {
+        Ok(Ok(p)) => job::submit(
+            &st,
+            p.kind,
+            p.ids,
+            p.max_tokens,
+            p.common,
+            p.parse_tool_calls,
+        ),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ApiError::Internal(format!(
+            "preparing the prompt failed: {e}"
+        ))),
+    };
+    match job {
         Ok(job) => respond(job).await,
         Err(e) => e.into_response(),
     }
 }
 
-fn chat_job(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
+fn prepare_chat(st: &AppState, body: Bytes) -> Result<Prepared, ApiError> {
     let body = request::parse_body(&body)?;
     let common = validate::common(&body, st)?;
     let prompt = validate::chat(&body, st)?;
     let max_tokens = validate::fit_context(st, prompt.ids.len(), common.max_tokens, "messages")?;
-    job::submit(
-        st,
-        Kind::Chat,
-        prompt.ids,
+    Ok(Prepared {
+        kind: Kind::Chat,
+        ids: prompt.ids,
         max_tokens,
         common,
-        prompt.parse_tool_calls,
-    )
+        parse_tool_calls: prompt.parse_tool_calls,
+    })
 }
 
-fn completion_job(st: &AppState, body: Bytes) -> Result<Job, ApiError> {
+fn prepare_completion(st: &AppState, body: Bytes) -> Result<Prepared, ApiError> {
     let body = request::parse_body(&body)?;
     let mut common = validate::common(&body, st)?;
     let ids = validate::completion(&body, st)?;
     // The legacy completions API defaults to 16 tokens.
     common.max_tokens = Some(common.max_tokens.unwrap_or(16));
     let max_tokens = validate::fit_context(st, ids.len(), common.max_tokens, "prompt")?;
-    job::submit(st, Kind::Completion, ids, max_tokens, common, false)
+    Ok(Prepared {
+        kind: Kind::Completion,
+        ids,
+        max_tokens,
+        common,
+        parse_tool_calls: false,
+    })
 }
 
 async fn respond(job: Job) -> Response {

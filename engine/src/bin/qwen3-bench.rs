@@ -148,6 +148,7 @@ fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
             max_queue: 64,
             max_model_len: 4096,
             kv_cache_tokens: 65_536,
+            block_size: qwen3_engine::kv::DEFAULT_BLOCK_SIZE,
             max_num_batched_tokens: args.chunk.max(max_streams),
             // The benchmark times decode steps on raw token prompts; sampling stays unconstrained.
             steer_thinking: false,
