@@ -11,7 +11,14 @@
 //! sampling ([`sampling::ThinkingConstraint`]) and the reasoning path is exercised end to end.
 //! Loaded weights are never steered.
 //!
-//! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`chat`] (tokenizer and chat template),
+//! Weights: a Hugging Face snapshot (safetensors, run as f32), a GGUF file as llama.cpp writes it
+//! (Q8_0, Q4_K and the other GGML block types through candle's quantized kernels: CPU users run
+//! quantized models, and a CPU decode step is bound by the bytes of weight it reads), or random
+//! presets with real Qwen3 shapes, optionally quantized in process (`--dtype`) to benchmark those
+//! kernels.
+//!
+//! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`gguf`] (GGUF metadata and tensor names),
+//! [`chat`] (tokenizer and chat template),
 //! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
 //! [`kv`] (the KV budget in blocks and how caches grow),
 //! [`metrics`] (vLLM series), [`api`] (HTTP handlers), [`server`] (flags and assembly), and
@@ -28,6 +35,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod gguf;
 pub mod kv;
 pub mod matvec;
 pub mod metrics;

@@ -12,14 +12,26 @@
 //! The weight names and maths follow the Hugging Face `Qwen3ForCausalLM` checkpoint layout, and the
 //! test `batched_forward_matches_candle_transformers_qwen3` checks the logits against
 //! candle-transformers on the same weights.
+//!
+//! Weights come in two storages behind one `Weight` type, so the forward pass is written once:
+//! f32 matrices (snapshots, random presets) use candle's GEMM and our batched mat-vec
+//! ([`crate::matvec`]), and GGML block-quantized matrices (GGUF files, or presets and snapshots
+//! quantized in process with [`WeightDType`]) use candle's `QMatMul`, which quantizes the
+//! activations to 8 bits and dots the blocks without dequantizing the weight. A CPU decode step is
+//! bound by reading the weights, so Q8_0 (8.5 bits a weight) and Q4_K (4.5 bits) read about a
+//! quarter and a seventh of the f32 bytes. Norm weights and biases are always f32; the KV cache and
+//! the attention are f32 whatever the weights.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::attention::{flash_attn, AttnMask};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
 use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
 
@@ -142,31 +154,169 @@ impl Qwen3Config {
     }
 }
 
-/// A linear layer that picks the matmul by the number of rows (tokens in the step), because
-/// candle's CPU matmul is fast for one row but for a few rows packs the whole weight on every call
-/// (measured at Qwen3-0.6B shapes on the 2-core CI machine: 2 rows of 1024→3072 took 12× one row,
-/// 2 rows of the LM head 4–5×). Batched decoding only pays if a step reads each weight about once:
+/// How the weight matrices of a model built in process (a random preset, a snapshot directory) are
+/// stored; `--dtype` on the command line. A GGUF file keeps the types it was written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDType {
+    /// Plain f32 (the checkpoint's values exactly).
+    #[default]
+    F32,
+    /// GGML Q8_0: blocks of 32 weights as i8 with one f16 scale, 8.5 bits a weight.
+    Q8_0,
+    /// GGML Q4_K: super-blocks of 256 weights in 4 bits with 6-bit scales and minimums, 4.5 bits a
+    /// weight (llama.cpp's Q4_K_M keeps some matrices at Q6_K; this stores every matrix as Q4_K).
+    Q4K,
+}
+
+impl WeightDType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4k",
+        }
+    }
+
+    fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            Self::F32 => None,
+            Self::Q8_0 => Some(GgmlDType::Q8_0),
+            Self::Q4K => Some(GgmlDType::Q4K),
+        }
+    }
+}
+
+impl FromStr for WeightDType {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8_0" => Ok(Self::Q8_0),
+            "q4k" => Ok(Self::Q4K),
+            other => bail!("unknown weight dtype {other:?} (expected f32, q8_0 or q4k)"),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One weight matrix `(out, in)` in the storage its linear layer multiplies by. Cloning shares the
+/// data, which is how tied embeddings read one matrix as both the embedding and the LM head.
+#[derive(Clone)]
+pub(crate) enum Weight {
+    /// f32; multiplied as [`Lin`] describes.
+    F32(Tensor),
+    /// GGML block-quantized (Q8_0, Q4_K, or any block type a GGUF file holds), always the
+    /// `QMatMul::QTensor` variant: candle's quantized CPU (and CUDA) kernels.
+    Quantized(QMatMul),
+}
+
+impl Weight {
+    /// Quantizes an f32 matrix to `dtype`. A matrix whose rows are not a multiple of the type's
+    /// block (256 values for Q4_K, 32 for Q8_0) cannot be stored in it, so it falls back to Q8_0 and
+    /// then to f32, as llama.cpp falls back for such tensors; [`Qwen3::weight_summary`] shows what
+    /// each matrix became.
+    pub(crate) fn quantize(w: Tensor, dtype: WeightDType, device: &Device) -> anyhow::Result<Self> {
+        let Some(target) = dtype.ggml() else {
+            return Ok(Self::F32(w.to_device(device)?));
+        };
+        let row = w.dim(candle_core::D::Minus1)?;
+        let Some(ty) = [target, GgmlDType::Q8_0]
+            .into_iter()
+            .find(|t| row.is_multiple_of(t.block_size()))
+        else {
+            return Ok(Self::F32(w.to_device(device)?));
+        };
+        // Quantization runs on the CPU; the blocks are then moved to the model's device.
+        let q = QTensor::quantize_onto(&w.to_device(&Device::Cpu)?, ty, device)?;
+        Ok(Self::from_qtensor(q, device)?)
+    }
+
+    /// A tensor read from a file: float types become f32 matrices (the f32 kernels, at 4 bytes a
+    /// weight), block types stay quantized.
+    pub(crate) fn from_qtensor(q: QTensor, device: &Device) -> candle_core::Result<Self> {
+        Ok(match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                Self::F32(q.dequantize(device)?.to_dtype(DType::F32)?)
+            }
+            _ => Self::Quantized(QMatMul::QTensor(Arc::new(q))),
+        })
+    }
+
+    /// The rows `ids` of the matrix, as f32 `(ids, in)`: the embedding lookup. A quantized matrix
+    /// is dequantized row by row here rather than once at load: the lookup reads a few rows a step,
+    /// and a dequantized copy would cost `vocab × hidden × 4` bytes (622 MB at Qwen3-0.6B, more
+    /// than the whole Q4_K model) next to the quantized matrix that tied weights also need as the
+    /// LM head.
+    fn rows(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::F32(w) => w.index_select(ids, 0),
+            Self::Quantized(q) => q.embedding(ids),
+        }
+    }
+
+    /// Bytes of weight data.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F32(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Self::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+        }
+    }
+
+    /// The storage type, named as GGML names it (`F32`, `Q8_0`, `Q4K`, ...).
+    fn type_name(&self) -> String {
+        match self {
+            Self::F32(w) | Self::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                format!("{:?}", w.dtype()).to_uppercase()
+            }
+            Self::Quantized(QMatMul::QTensor(q)) => format!("{:?}", q.dtype()),
+        }
+    }
+}
+
+/// A linear layer, `x · Wᵀ (+ b)`.
+///
+/// Quantized weights go through candle's `QMatMul` for every row count (its CPU kernel reads each
+/// weight block once per tile of rows). f32 weights pick the matmul by the number of rows (tokens
+/// in the step), because candle's CPU matmul is fast for one row but for a few rows packs the whole
+/// weight on every call (measured at Qwen3-0.6B shapes on the 2-core CI machine: 2 rows of
+/// 1024→3072 took 12× one row, 2 rows of the LM head 4–5×). Batched decoding only pays if a step
+/// reads each weight about once:
 /// - 1 row: candle's vector path;
 /// - 2–4 rows: [`crate::matvec::matmul_wt`], one pass over the weight for all rows;
 /// - 5–64 rows: `(W · xᵀ)ᵀ`, which keeps the weight in its stored layout and stays nearly flat;
 /// - longer prompt chunks: the ordinary `x · Wᵀ`, compute-bound like any GEMM.
 struct Lin {
-    w: Tensor,
+    w: Weight,
     b: Option<Tensor>,
 }
 
 impl Lin {
-    fn new(w: Tensor, b: Option<Tensor>) -> Self {
+    fn new(w: Weight, b: Option<Tensor>) -> Self {
         Self { w, b }
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let m = x.dim(0)?;
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
-        let y = match m {
-            2..=4 if cpu_f32 => crate::matvec::matmul_wt(x, &self.w)?,
-            2..=64 => self.w.matmul(&x.t()?)?.t()?.contiguous()?,
-            _ => x.matmul(&self.w.t()?)?,
+        let y = match &self.w {
+            Weight::F32(w) => {
+                let m = x.dim(0)?;
+                let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
+                match m {
+                    2..=4 if cpu_f32 => crate::matvec::matmul_wt(x, w)?,
+                    2..=64 => w.matmul(&x.t()?)?.t()?.contiguous()?,
+                    _ => x.matmul(&w.t()?)?,
+                }
+            }
+            // The quantized kernel wants a contiguous input (`contiguous` copies only if it is not).
+            Weight::Quantized(q) => q.forward(&x.contiguous()?)?,
         };
         match &self.b {
             Some(b) => y.broadcast_add(b),
@@ -196,7 +346,8 @@ struct Layer {
 /// Qwen3 weights plus rotary tables; shared, immutable, used by [`Qwen3::forward`].
 pub struct Qwen3 {
     cfg: Qwen3Config,
-    embed: Embedding,
+    /// `(vocab, hidden)`; looked up by rows ([`Weight::rows`]).
+    embed: Weight,
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Lin,
@@ -261,55 +412,119 @@ impl std::fmt::Debug for Qwen3 {
     }
 }
 
+/// Where [`Qwen3::build`] gets its tensors. Names are the Hugging Face checkpoint names
+/// (`model.layers.0.self_attn.q_proj.weight`); a GGUF source translates them to its own.
+pub(crate) trait WeightSource {
+    /// A vector of `len` f32 values: norm weights, biases.
+    fn vector(&mut self, name: &str, len: usize) -> anyhow::Result<Tensor>;
+    /// A weight matrix `(out, inp)` in the storage the source decides.
+    fn matrix(&mut self, name: &str, out: usize, inp: usize) -> anyhow::Result<Weight>;
+    fn device(&self) -> &Device;
+}
+
+/// A source of f32 tensors (a `VarBuilder`, the random generator) whose matrices are stored as
+/// `dtype`; each f32 matrix is dropped as soon as it is quantized, so a quantized preset never
+/// holds the whole f32 model.
+struct Converted<F> {
+    get: F,
+    dtype: WeightDType,
+    device: Device,
+}
+
+impl<F: FnMut(&str, &[usize]) -> anyhow::Result<Tensor>> WeightSource for Converted<F> {
+    fn vector(&mut self, name: &str, len: usize) -> anyhow::Result<Tensor> {
+        Ok((self.get)(name, &[len])?.to_dtype(DType::F32)?)
+    }
+
+    fn matrix(&mut self, name: &str, out: usize, inp: usize) -> anyhow::Result<Weight> {
+        let w = (self.get)(name, &[out, inp])?.to_dtype(DType::F32)?;
+        Weight::quantize(w, self.dtype, &self.device)
+            .with_context(|| format!("quantizing {name} to {}", self.dtype))
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
 impl Qwen3 {
-    /// Builds the model from checkpoint tensors named as in Hugging Face Qwen3 snapshots.
+    /// Builds the model from checkpoint tensors named as in Hugging Face Qwen3 snapshots, in f32.
     pub fn load(cfg: &Qwen3Config, vb: VarBuilder<'_>) -> anyhow::Result<Self> {
-        cfg.validate()?;
+        Self::load_as(cfg, vb, WeightDType::F32)
+    }
+
+    /// [`Qwen3::load`] with the weight matrices stored as `dtype`.
+    pub fn load_as(
+        cfg: &Qwen3Config,
+        vb: VarBuilder<'_>,
+        dtype: WeightDType,
+    ) -> anyhow::Result<Self> {
         let device = vb.device().clone();
+        let get = |name: &str, shape: &[usize]| -> anyhow::Result<Tensor> {
+            Ok(vb.get(shape.to_vec(), name)?)
+        };
+        Self::build(cfg, &mut Converted { get, dtype, device })
+    }
+
+    /// Builds the model from any [`WeightSource`]: the one place that knows the layout.
+    pub(crate) fn build(cfg: &Qwen3Config, src: &mut dyn WeightSource) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let device = src.device().clone();
         let h = cfg.hidden_size;
         let hd = cfg.head_dim();
         let nh = cfg.num_attention_heads;
         let nkv = cfg.num_key_value_heads;
-        let linear = |vb: VarBuilder<'_>, i: usize, o: usize| -> anyhow::Result<Lin> {
-            let w = vb.get((o, i), "weight")?;
-            let b = if cfg.attention_bias {
-                Some(vb.get(o, "bias")?)
+        fn linear(
+            src: &mut dyn WeightSource,
+            name: &str,
+            (i, o): (usize, usize),
+            bias: bool,
+        ) -> anyhow::Result<Lin> {
+            let w = src.matrix(&format!("{name}.weight"), o, i)?;
+            let b = if bias {
+                Some(src.vector(&format!("{name}.bias"), o)?)
             } else {
                 None
             };
             Ok(Lin::new(w, b))
-        };
-        let plain = |vb: VarBuilder<'_>, i: usize, o: usize| -> anyhow::Result<Lin> {
-            Ok(Lin::new(vb.get((o, i), "weight")?, None))
-        };
-        let embed_w = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;
-        let embed = Embedding::new(embed_w.clone(), h);
+        }
+        let embed = src.matrix("model.embed_tokens.weight", cfg.vocab_size, h)?;
+        let bias = cfg.attention_bias;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            let l = vb.pp(format!("model.layers.{i}"));
-            let a = l.pp("self_attn");
-            let m = l.pp("mlp");
+            let a = format!("model.layers.{i}.self_attn");
+            let m = format!("model.layers.{i}.mlp");
+            let ffn = cfg.intermediate_size;
+            let q_proj = linear(src, &format!("{a}.q_proj"), (h, nh * hd), bias)?;
+            let k_proj = linear(src, &format!("{a}.k_proj"), (h, nkv * hd), bias)?;
+            let v_proj = linear(src, &format!("{a}.v_proj"), (h, nkv * hd), bias)?;
+            let o_proj = linear(src, &format!("{a}.o_proj"), (nh * hd, h), bias)?;
+            let gate_proj = linear(src, &format!("{m}.gate_proj"), (h, ffn), false)?;
+            let up_proj = linear(src, &format!("{m}.up_proj"), (h, ffn), false)?;
+            let down_proj = linear(src, &format!("{m}.down_proj"), (ffn, h), false)?;
+            let l = format!("model.layers.{i}");
             layers.push(Layer {
                 attn: Attention {
-                    q_proj: linear(a.pp("q_proj"), h, nh * hd)?,
-                    k_proj: linear(a.pp("k_proj"), h, nkv * hd)?,
-                    v_proj: linear(a.pp("v_proj"), h, nkv * hd)?,
-                    o_proj: linear(a.pp("o_proj"), nh * hd, h)?,
-                    q_norm: a.get(hd, "q_norm.weight")?,
-                    k_norm: a.get(hd, "k_norm.weight")?,
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    o_proj,
+                    q_norm: src.vector(&format!("{a}.q_norm.weight"), hd)?,
+                    k_norm: src.vector(&format!("{a}.k_norm.weight"), hd)?,
                 },
-                gate_proj: plain(m.pp("gate_proj"), h, cfg.intermediate_size)?,
-                up_proj: plain(m.pp("up_proj"), h, cfg.intermediate_size)?,
-                down_proj: plain(m.pp("down_proj"), cfg.intermediate_size, h)?,
-                input_layernorm: l.get(h, "input_layernorm.weight")?,
-                post_attention_layernorm: l.get(h, "post_attention_layernorm.weight")?,
+                gate_proj,
+                up_proj,
+                down_proj,
+                input_layernorm: src.vector(&format!("{l}.input_layernorm.weight"), h)?,
+                post_attention_layernorm: src
+                    .vector(&format!("{l}.post_attention_layernorm.weight"), h)?,
             });
         }
-        let norm = vb.get(h, "model.norm.weight")?;
+        let norm = src.vector("model.norm.weight", h)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Lin::new(embed_w, None)
+            Lin::new(embed.clone(), None)
         } else {
-            plain(vb.pp("lm_head"), h, cfg.vocab_size)?
+            Lin::new(src.matrix("lm_head.weight", cfg.vocab_size, h)?, None)
         };
         let (cos, sin) = rotary_tables(cfg, &device)?;
         Ok(Self {
@@ -327,18 +542,86 @@ impl Qwen3 {
     /// Loads a Hugging Face snapshot directory: `config.json` plus `model.safetensors` or the shards
     /// listed in `model.safetensors.index.json`. Weights are converted to f32.
     pub fn from_snapshot(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        Self::from_snapshot_as(dir, WeightDType::F32, device)
+    }
+
+    /// [`Qwen3::from_snapshot`] with the weight matrices stored as `dtype` (quantized at load).
+    pub fn from_snapshot_as(
+        dir: &Path,
+        dtype: WeightDType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         let cfg = load_config(dir)?;
         let files = safetensors_files(dir)?;
         // SAFETY: the files are memory-mapped read-only; the snapshot must not be modified while
         // the model loads (weights are copied into owned f32 tensors).
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device)? };
-        Self::load(&cfg, vb).with_context(|| format!("loading weights from {}", dir.display()))
+        Self::load_as(&cfg, vb, dtype)
+            .with_context(|| format!("loading weights from {}", dir.display()))
+    }
+
+    /// Loads a GGUF file as llama.cpp writes Qwen3 models: the config from its `qwen3.*`
+    /// metadata, every tensor in the type it was stored in (see [`crate::gguf`]).
+    pub fn from_gguf(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        crate::gguf::load(path, device)
     }
 
     /// A deterministic random-weight model: the same `seed` always gives the same weights.
     pub fn random(cfg: &Qwen3Config, seed: u64, device: &Device) -> anyhow::Result<Self> {
-        let tensors = random_weights(cfg, seed, device)?;
-        Self::load(cfg, VarBuilder::from_tensors(tensors, DType::F32, device))
+        Self::random_as(cfg, seed, WeightDType::F32, device)
+    }
+
+    /// [`Qwen3::random`] with the weight matrices quantized to `dtype` (the same f32 values as
+    /// `random` before quantization), for benchmarks of the quantized kernels.
+    pub fn random_as(
+        cfg: &Qwen3Config,
+        seed: u64,
+        dtype: WeightDType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        // Tensors are generated one at a time as the model asks for them, each exactly as
+        // `random_weights` makes it (its generator is seeded by its name).
+        let get = |name: &str, shape: &[usize]| -> anyhow::Result<Tensor> {
+            // Matrices and biases are random, norm weights ones.
+            let random = shape.len() == 2 || name.ends_with(".bias");
+            random_tensor(name, shape, random, seed, device)
+        };
+        Self::build(
+            cfg,
+            &mut Converted {
+                get,
+                dtype,
+                device: device.clone(),
+            },
+        )
+    }
+
+    /// How many weight matrices are stored in each type (`F32`, `Q8_0`, `Q4K`, ...), a tied LM head
+    /// counted once with the embedding.
+    pub fn weight_summary(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for w in self.matrices() {
+            *out.entry(w.type_name()).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Every weight matrix once (a tied LM head is the embedding).
+    fn matrices(&self) -> impl Iterator<Item = &Weight> {
+        let layers = self.layers.iter().flat_map(|l| {
+            [
+                &l.attn.q_proj,
+                &l.attn.k_proj,
+                &l.attn.v_proj,
+                &l.attn.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+            .map(|lin| &lin.w)
+        });
+        let head = (!self.cfg.tie_word_embeddings).then_some(&self.lm_head.w);
+        layers.chain(std::iter::once(&self.embed)).chain(head)
     }
 
     pub fn config(&self) -> &Qwen3Config {
@@ -368,10 +651,34 @@ impl Qwen3 {
         }
     }
 
-    /// Bytes of weight data read by one decode step (every matrix once; the embedding is a
-    /// gather, but with tied weights the same matrix is read whole as the LM head).
+    /// Bytes of weight data read by one decode step, as stored: every layer matrix and the LM head
+    /// once (with tied weights that is the embedding matrix; an untied embedding is only gathered
+    /// from, a few rows a step, and not counted), plus the f32 norm vectors.
     pub fn weight_bytes(&self) -> usize {
-        self.cfg.num_params() * 4
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.attn;
+                [
+                    &a.q_proj,
+                    &a.k_proj,
+                    &a.v_proj,
+                    &a.o_proj,
+                    &l.gate_proj,
+                    &l.up_proj,
+                    &l.down_proj,
+                ]
+                .iter()
+                .map(|lin| lin.w.bytes() + lin.b.as_ref().map_or(0, |b| b.elem_count() * 4))
+                .sum::<usize>()
+                    + 4 * (a.q_norm.elem_count()
+                        + a.k_norm.elem_count()
+                        + l.input_layernorm.elem_count()
+                        + l.post_attention_layernorm.elem_count())
+            })
+            .sum();
+        layers + self.lm_head.w.bytes() + 4 * self.norm.elem_count()
     }
 
     /// Runs one step over several sequences, each at its own position, and returns the logits of
@@ -427,7 +734,7 @@ impl Qwen3 {
         let sin = self.sin.index_select(&pos, 0)?;
         let scale = 1.0 / (hd as f32).sqrt();
 
-        let mut h = self.embed.forward(&ids)?;
+        let mut h = self.embed.rows(&ids)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let x = candle_nn::ops::rms_norm(&h, &layer.input_layernorm, eps)?;
             let a = &layer.attn;
@@ -710,21 +1017,32 @@ pub fn random_weights(
             ]);
         }
     }
-    // Uniform(-a, a) has standard deviation a / sqrt(3).
-    let a = 0.02f32 * 3f32.sqrt();
     let mut out = HashMap::with_capacity(shapes.len());
     for (name, shape, random) in shapes {
-        let n: usize = shape.iter().product();
-        let t = if random {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ fnv1a(name.as_bytes()));
-            let data: Vec<f32> = (0..n).map(|_| rng.random_range(-a..a)).collect();
-            Tensor::from_vec(data, shape, device)?
-        } else {
-            Tensor::ones(shape, DType::F32, device)?
-        };
+        let t = random_tensor(&name, &shape, random, seed, device)?;
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// One tensor of [`random_weights`]: uniform with standard deviation 0.02 from a generator seeded
+/// by `seed` and `name`, or ones.
+fn random_tensor(
+    name: &str,
+    shape: &[usize],
+    random: bool,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<Tensor> {
+    if !random {
+        return Ok(Tensor::ones(shape, DType::F32, device)?);
+    }
+    // Uniform(-a, a) has standard deviation a / sqrt(3).
+    let a = 0.02f32 * 3f32.sqrt();
+    let n: usize = shape.iter().product();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ fnv1a(name.as_bytes()));
+    let data: Vec<f32> = (0..n).map(|_| rng.random_range(-a..a)).collect();
+    Ok(Tensor::from_vec(data, shape, device)?)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

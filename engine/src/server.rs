@@ -12,7 +12,7 @@ use clap::Parser;
 use crate::api::{router, AppState};
 use crate::chat::{locate_tokenizer_dir, ChatTokenizer};
 use crate::metrics::MetricsRegistry;
-use crate::qwen3::{Qwen3, Qwen3Config};
+use crate::qwen3::{Qwen3, Qwen3Config, WeightDType};
 use crate::scheduler::{spawn, Backend, SchedulerConfig};
 
 #[derive(Parser, Debug, Clone)]
@@ -29,16 +29,22 @@ pub struct Args {
     /// Port to listen on (0 picks a free port).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// A local Hugging Face snapshot directory (config.json, tokenizer files, safetensors).
-    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    /// A local Hugging Face snapshot directory (config.json, tokenizer files, safetensors), or a
+    /// Qwen3 GGUF file (`*.gguf`, tokenizer from --tokenizer-dir).
+    #[arg(long, value_name = "DIR|FILE.gguf", conflicts_with = "preset")]
     pub model: Option<PathBuf>,
     /// Random-weight model with real Qwen3 shapes when no --model is given.
     #[arg(long, default_value = "tiny", value_parser = ["tiny", "qwen3-0.6b", "qwen3-1.7b"])]
     pub preset: String,
-    /// Model name clients use (default: qwen3-<preset>, or the --model directory's name).
+    /// Storage of the weight matrices of a preset or snapshot directory: f32, q8_0 or q4k
+    /// (quantized at load). A GGUF file keeps the types it was written with.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: WeightDType,
+    /// Model name clients use (default: qwen3-<preset>, the --model directory's name, or the GGUF
+    /// file's stem).
     #[arg(long)]
     pub served_model_name: Option<String>,
-    /// Directory with tokenizer.json and tokenizer_config.json for presets.
+    /// Directory with tokenizer.json and tokenizer_config.json, for presets and GGUF models.
     #[arg(long, value_name = "DIR", env = "QWEN3_TOKENIZER_DIR")]
     pub tokenizer_dir: Option<PathBuf>,
     /// Most sequences decoded together in one step.
@@ -71,6 +77,19 @@ pub struct Args {
     pub cuda: bool,
 }
 
+/// `--dtype`'s parser; clap prefixes the error with the flag and the value.
+fn parse_dtype(s: &str) -> anyhow::Result<WeightDType> {
+    s.parse()
+}
+
+/// Whether `--model` names a GGUF file rather than a snapshot directory.
+fn is_gguf(path: &std::path::Path) -> bool {
+    !path.is_dir()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
 pub struct Built {
     pub router: axum::Router,
     pub state: Arc<AppState>,
@@ -89,11 +108,32 @@ fn device(args: &Args) -> anyhow::Result<Device> {
 pub fn build(args: &Args) -> anyhow::Result<Built> {
     let dev = device(args)?;
     let (model, tok_dir, default_name) = match &args.model {
+        Some(file) if is_gguf(file) => {
+            if args.dtype != WeightDType::F32 {
+                anyhow::bail!(
+                    "--dtype {}: a GGUF file keeps the tensor types it was written with (--dtype \
+                     applies to presets and snapshot directories)",
+                    args.dtype
+                );
+            }
+            // The file carries its own tokenizer metadata, but the chat path needs the Hugging
+            // Face tokenizer files (their Jinja template included). Found before the weights
+            // load, so a missing tokenizer fails at once.
+            let tok_dir = locate_tokenizer_dir(args.tokenizer_dir.as_deref())?;
+            let t = std::time::Instant::now();
+            let m = Qwen3::from_gguf(file, &dev).context("--model")?;
+            log_loaded(&m, &file.display().to_string(), t.elapsed());
+            let name = file
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into());
+            (m, tok_dir, name)
+        }
         Some(dir) => {
             let t = std::time::Instant::now();
             // The model layer names the file at fault; the flag that pointed there is named here.
-            let m = Qwen3::from_snapshot(dir, &dev).context("--model")?;
-            tracing::info!("loaded {} in {:.1?}", dir.display(), t.elapsed());
+            let m = Qwen3::from_snapshot_as(dir, args.dtype, &dev).context("--model")?;
+            log_loaded(&m, &dir.display().to_string(), t.elapsed());
             let name = dir
                 .canonicalize()
                 .ok()
@@ -110,13 +150,16 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
             let cfg = Qwen3Config::preset(&args.preset).context("--preset")?;
             let tok_dir = locate_tokenizer_dir(args.tokenizer_dir.as_deref())?;
             let t = std::time::Instant::now();
-            let m = Qwen3::random(&cfg, args.seed, &dev)?;
-            tracing::info!(
-                "random {} weights ({} parameters, seed {}) in {:.1?}",
-                args.preset,
-                cfg.num_params(),
-                args.seed,
-                t.elapsed()
+            let m = Qwen3::random_as(&cfg, args.seed, args.dtype, &dev)?;
+            log_loaded(
+                &m,
+                &format!(
+                    "random {} weights ({} parameters, seed {})",
+                    args.preset,
+                    cfg.num_params(),
+                    args.seed
+                ),
+                t.elapsed(),
             );
             let name = if args.preset.starts_with("qwen3-") {
                 args.preset.clone()
@@ -170,6 +213,20 @@ pub fn build(args: &Args) -> anyhow::Result<Built> {
         sched,
         Duration::from_secs(args.sse_keepalive_secs.max(1)),
     )
+}
+
+/// One log line per load: what, how long, and the storage of the weight matrices.
+fn log_loaded(m: &Qwen3, what: &str, took: Duration) {
+    let types: Vec<String> = m
+        .weight_summary()
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    tracing::info!(
+        "loaded {what} in {took:.1?}: matrices {}, {:.2} GB read per decode step",
+        types.join(", "),
+        m.weight_bytes() as f64 / 1e9
+    );
 }
 
 /// The scheduler's settings from the flags.

@@ -6,15 +6,20 @@
 //! table times the forward pass alone (greedy argmax); the others go through the scheduler
 //! (batching, chunked prefill, sampling, detokenization), which is what the server adds before HTTP.
 //!
+//! `--dtype q8_0|q4k` quantizes the same random weights in process, as the server's `--dtype`
+//! does, so the f32 and quantized kernels can be compared at the same shapes; the bound then uses
+//! the quantized bytes.
+//!
 //! ```text
 //! cargo run --release -p qwen3-engine --bin qwen3-bench -- --quick
+//! cargo run --release -p qwen3-engine --bin qwen3-bench -- --quick --dtype q4k --streams 1
 //! ```
 
 use std::time::Instant;
 
 use candle_core::Device;
 use clap::Parser;
-use qwen3_engine::qwen3::{argmax, Qwen3, Qwen3Config, StepInput};
+use qwen3_engine::qwen3::{argmax, Qwen3, Qwen3Config, StepInput, WeightDType};
 
 #[derive(Parser)]
 #[command(about = "Benchmark the Qwen3 forward pass (decode tok/s, batched tok/s, TTFT)")]
@@ -22,6 +27,9 @@ struct Args {
     /// Model shape (random weights).
     #[arg(long, default_value = "qwen3-0.6b")]
     preset: String,
+    /// Storage of the weight matrices: f32, q8_0 or q4k (quantized in process).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: WeightDType,
     /// Fewer steps per measurement (a couple of minutes on 2 cores at 0.6B).
     #[arg(long)]
     quick: bool,
@@ -34,6 +42,10 @@ struct Args {
     /// Prefill chunk size, as the server's --max-num-batched-tokens.
     #[arg(long, default_value_t = 512)]
     chunk: usize,
+}
+
+fn parse_dtype(s: &str) -> anyhow::Result<WeightDType> {
+    s.parse()
 }
 
 /// Copy bandwidth in bytes/s: a 1 GiB copy counts 2 GiB of traffic (read + write).
@@ -65,16 +77,21 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "preset {} ({:.0}M parameters, f32), {} CPU threads{}",
+        "preset {} ({:.0}M parameters, {}), {} CPU threads{}",
         args.preset,
         cfg.num_params() as f64 / 1e6,
+        args.dtype,
         threads,
         if args.quick { ", quick mode" } else { "" }
     );
     let bw = memory_bandwidth();
     let t = Instant::now();
-    let model = Qwen3::random(&cfg, 0, &Device::Cpu)?;
-    println!("random weights generated in {:.1?}", t.elapsed());
+    let model = Qwen3::random_as(&cfg, 0, args.dtype, &Device::Cpu)?;
+    println!(
+        "random weights generated in {:.1?} (matrices: {:?})",
+        t.elapsed(),
+        model.weight_summary()
+    );
     let wbytes = model.weight_bytes() as f64;
     let bound_s = wbytes / bw;
     println!(
