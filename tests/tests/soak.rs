@@ -302,6 +302,9 @@ struct EngineRequest {
     in_kwargs: bool,
     max_tokens: u64,
     seed: Option<u64>,
+    /// Whether the request carries a stop string: random weights almost never sample
+    /// end-of-sequence within a few tokens, so without one every request would end by `length`.
+    stop: bool,
 }
 
 impl EngineRequest {
@@ -318,11 +321,13 @@ impl EngineRequest {
             in_kwargs: rng.random_bool(0.5),
             max_tokens: rng.random_range(ENGINE_MAX_TOKENS),
             seed: rng.random_bool(0.5).then(|| rng.random_range(0..1_000_000)),
+            stop: rng.random_bool(0.3),
         };
         if ask == Ask::ClientAbort {
             r.message = 0;
             r.max_tokens = ABORT_MAX_TOKENS;
             r.seed = Some(ABORT_SEED);
+            r.stop = false;
         }
         r
     }
@@ -341,6 +346,10 @@ impl EngineRequest {
         }
         if let Some(seed) = self.seed {
             body["seed"] = json!(seed);
+        }
+        if self.stop {
+            // A letter that random Qwen3 tokens often hold: the text ends before it, by `stop`.
+            body["stop"] = json!(["e"]);
         }
         if self.ask == Ask::ClientAbort {
             body["temperature"] = json!(0);
@@ -551,7 +560,7 @@ struct EngineRun {
 /// Envoy's RSS may grow by at most this after the warm-up tenth, whatever the number of requests
 /// (as in the scripted soak): stats, pools and V8 are all in the baseline.
 const ENVOY_RSS_GROWTH_KIB: u64 = 32 * 1024;
-/// The engine's RSS may grow by at most this after the warm-up tenth. What can still grow after
+/// The engine's RSS may grow by at most this after the warm-up. What can still grow after
 /// it: each sequence's KV cache (tiny preset: 512 bytes a token, so 16 sequences of at most
 /// ~300 tokens are 2.4 MiB), the step's logits (16 × 151,936 × 4 bytes = 9.3 MiB) and the
 /// allocator's arenas for its threads settling; 48 MiB leaves room for those, while a leak of
@@ -573,6 +582,7 @@ async fn engine_soak(build: Build, requests: usize) -> Result<EngineRun> {
             in_kwargs: true,
             max_tokens: ABORT_MAX_TOKENS,
             seed: Some(ABORT_SEED),
+            stop: false,
         }
         .body(&model);
         req["temperature"] = json!(0);
@@ -594,7 +604,9 @@ async fn engine_soak(build: Build, requests: usize) -> Result<EngineRun> {
     let plan: Vec<EngineRequest> = (0..requests)
         .map(|_| EngineRequest::draw(&mut rng))
         .collect();
-    let warm = requests / 10;
+    // The memory baseline comes after a warm-up tenth, and at least four rounds of every slot
+    // busy at once: the engine's allocator arenas and buffers grow with the batch size first.
+    let warm = (requests / 10).max(4 * ENGINE_CLIENTS).min(requests);
     let limit = Arc::new(Semaphore::new(ENGINE_CLIENTS));
     let started = Instant::now();
     let mut seen = Vec::with_capacity(requests);
