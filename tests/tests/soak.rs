@@ -8,7 +8,7 @@
 //!
 //! Quick mode (inside the README test command): `SOAK_REQUESTS` defaults to 600 and
 //! `SOAK_ENGINE_REQUESTS` to 200 per build. The documented soak:
-//! `SOAK_REQUESTS=20000 SOAK_ENGINE_REQUESTS=3000 cargo test -p gateway-tests --test soak -- --nocapture --test-threads 1`
+//! `SOAK_REQUESTS=20000 SOAK_ENGINE_REQUESTS=4000 cargo test -p gateway-tests --test soak -- --nocapture --test-threads 1`
 //! (results in `tests/RELIABILITY.md`).
 
 // support.rs allows its own dead code: each suite uses a different part.
