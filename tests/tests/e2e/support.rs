@@ -388,10 +388,17 @@ pub struct Engine {
 
 impl Engine {
     pub async fn start() -> Result<Engine> {
+        Engine::start_with(&[]).await
+    }
+
+    /// As [`Engine::start`], with more engine flags after `--port 0 --preset tiny` (e.g.
+    /// `["--max-num-seqs", "16"]`).
+    pub async fn start_with(flags: &[&str]) -> Result<Engine> {
         let bin = engine_bin()?;
         let dir = tempfile::Builder::new().prefix("e2e-engine-").tempdir()?;
         let mut cmd = Command::new(bin);
         cmd.args(["--port", "0", "--preset", "tiny"])
+            .args(flags)
             .current_dir(repo_root());
         let mut proc = Proc::spawn("qwen3-engine", cmd, dir.path().join("engine.log"), true)?;
         // The first stdout line names the address: "qwen3-engine serving M on http://127.0.0.1:P".
@@ -430,6 +437,28 @@ impl Engine {
 
     pub async fn metrics(&self) -> Result<Scrape> {
         scrape(self.port, "/metrics").await
+    }
+
+    /// Scrapes `/metrics` until `done` accepts a scrape, or fails after `limit` with what `done`
+    /// said about the last one (the engine notices a client gone at its next step, not at once).
+    pub async fn wait_for<F>(&self, limit: Duration, mut done: F) -> Result<Scrape>
+    where
+        F: FnMut(&Scrape) -> std::result::Result<(), String>,
+    {
+        let start = Instant::now();
+        loop {
+            let s = self.metrics().await?;
+            match done(&s) {
+                Ok(()) => return Ok(s),
+                Err(why) if start.elapsed() > limit => {
+                    bail!(
+                        "engine metrics not as expected after {limit:?}:\n{why}\n{}",
+                        self.proc.log_tail()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 }
 
