@@ -1,6 +1,9 @@
 //! The real binary on a real socket: start `qwen3-engine` (tiny preset) on a free port, stream a
 //! chat completion over HTTP/1.1 and check the bytes on the wire.
 
+mod common;
+
+use common::http;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -37,20 +40,6 @@ fn start(extra: &[&str]) -> Server {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
     Server { child, addr }
-}
-
-fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// Removes HTTP/1.1 chunked framing.

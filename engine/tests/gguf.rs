@@ -6,11 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -496,20 +494,6 @@ async fn quantized_preset_serves_a_chat_completion() {
     assert!((1..=6).contains(&completion), "{v}");
 }
 
-fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn binary_serves_a_gguf_file_named_after_its_stem() {
     // The tiny preset's shapes with the real vocabulary, so the real tokenizer fits.
@@ -549,7 +533,7 @@ fn binary_serves_a_gguf_file_named_after_its_stem() {
 
     let body = json!({"model": "Qwen3-Tiny-Q8_0", "messages": [{"role": "user", "content": "Hello"}],
                       "max_tokens": 5, "temperature": 0});
-    let resp = http(&addr, "POST", "/v1/chat/completions", &body.to_string());
+    let resp = common::http(&addr, "POST", "/v1/chat/completions", &body.to_string());
     let (head, raw) = resp.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // The body may be chunked; the JSON object sits between the first '{' and the last '}'.

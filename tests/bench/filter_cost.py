@@ -210,6 +210,20 @@ STOCK_ACCESS_LOG = """\
 WASM_BLOCK = r"\n(\s*)- name: envoy\.filters\.http\.wasm\n.*?(?=\n\1- name: envoy\.filters\.http\.router)"
 
 
+def start_upstream(port):
+    """The canned upstream on `port`, in a child process so that its CPU never lands in Envoy's or
+    the client's figures. Returns the child's pid."""
+    server = UpstreamServer(("127.0.0.1", port), Upstream)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            server.serve_forever()
+        finally:
+            os._exit(0)
+    server.socket.close()
+    return pid
+
+
 def render_kind(kind, env):
     """envoy/render.sh KIND; for dynamic-module, the same literal substitutions by hand if this
     checkout's render.sh does not know that kind yet."""
@@ -582,15 +596,7 @@ def main():
 
     up_port = free_port()
     threading.stack_size(256 * 1024)  # the upstream runs a thread per held stream
-    server = UpstreamServer(("127.0.0.1", up_port), Upstream)
-    # The upstream runs in a child process so its CPU never lands in Envoy's or this client's figures.
-    upstream_pid = os.fork()
-    if upstream_pid == 0:
-        try:
-            server.serve_forever()
-        finally:
-            os._exit(0)
-    server.socket.close()
+    upstream_pid = start_upstream(up_port)
     threading.stack_size(0)
 
     procs, ports, logs = {}, {}, {}

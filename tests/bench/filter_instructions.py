@@ -158,14 +158,7 @@ def main():
     t_start = time.time()
 
     up_port = fc.free_port()
-    server = fc.UpstreamServer(("127.0.0.1", up_port), fc.Upstream)
-    upstream_pid = os.fork()
-    if upstream_pid == 0:
-        try:
-            server.serve_forever()
-        finally:
-            os._exit(0)
-    server.socket.close()
+    upstream_pid = fc.start_upstream(up_port)
 
     tmp = tempfile.mkdtemp(prefix="filter-instructions-")
     res = {"command": " ".join([os.path.relpath(sys.argv[0], fc.ROOT)] + sys.argv[1:]),

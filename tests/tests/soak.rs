@@ -16,6 +16,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,20 +240,36 @@ async fn soak(build: Build, requests: usize) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn soak_counts_every_request_and_token_and_leaves_nothing_in_flight() {
-    let requests: usize = std::env::var("SOAK_REQUESTS")
+/// The request count of a soak: `var` from the environment (the documented long runs), else the
+/// quick mode's `default`.
+fn requests_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(600);
+        .unwrap_or(default)
+}
+
+/// Runs `soak` for each build in turn, each under `limit`: only a guard against a hang, nothing
+/// here is a timing threshold.
+async fn each_build<T, F: Future<Output = Result<T>>>(
+    what: &str,
+    limit: Duration,
+    soak: impl Fn(Build) -> F,
+) {
     for build in Build::ALL {
-        let limit = Duration::from_secs(60 + requests as u64 / 20);
-        match tokio::time::timeout(limit, soak(build, requests)).await {
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(limit, soak(build)).await {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => panic!("{e:#}"),
-            Err(_) => panic!("{build:?}: soak did not finish within {limit:?}"),
+            Err(_) => panic!("{build:?}: {what} did not finish within {limit:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_counts_every_request_and_token_and_leaves_nothing_in_flight() {
+    let requests = requests_from_env("SOAK_REQUESTS", 600);
+    let limit = Duration::from_secs(60 + requests as u64 / 20);
+    each_build("soak", limit, |build| soak(build, requests)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,17 +867,7 @@ async fn engine_soak(build: Build, requests: usize) -> Result<EngineRun> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_soak_counts_what_the_engine_served_and_leaves_nothing_in_flight() {
-    let requests: usize = std::env::var("SOAK_ENGINE_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    for build in Build::ALL {
-        // Only a guard against a hang: nothing here is a timing threshold.
-        let limit = Duration::from_secs(120 + requests as u64 / 4);
-        match tokio::time::timeout(limit, engine_soak(build, requests)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("{e:#}"),
-            Err(_) => panic!("{build:?}: engine soak did not finish within {limit:?}"),
-        }
-    }
+    let requests = requests_from_env("SOAK_ENGINE_REQUESTS", 200);
+    let limit = Duration::from_secs(120 + requests as u64 / 4);
+    each_build("engine soak", limit, |build| engine_soak(build, requests)).await;
 }

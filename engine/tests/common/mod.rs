@@ -1,4 +1,9 @@
-//! What the test files that drive a router all do: post a chat completion and read the body.
+//! What the test files that drive a router all do: post a chat completion and read the body; and,
+//! for those that start the binary, one plain HTTP/1.1 request on a real socket.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -28,4 +33,20 @@ pub async fn post_chat(router: &Router, body: &Value) -> String {
 #[allow(dead_code)] // not every test file that includes this module uses it
 pub async fn post_chat_json(router: &Router, body: &Value) -> Value {
     serde_json::from_str(&post_chat(router, body).await).unwrap()
+}
+
+/// One HTTP/1.1 request to a running engine (`Connection: close`); the whole raw response.
+#[allow(dead_code)] // not every test file that includes this module starts the binary
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
