@@ -335,8 +335,9 @@ impl Inflater {
                     };
                     return Ok(input);
                 }
-                // More output may be waiting in the window.
-                Ok(_) if r.bytes_written == OUT_CHUNK => {}
+                // More output may be waiting in the window: call again until a call with no
+                // input left writes nothing.
+                Ok(_) if r.bytes_written > 0 => {}
                 Ok(_) if input.is_empty() => return Ok(input),
                 Ok(_) if r.bytes_consumed == 0 && r.bytes_written == 0 => {
                     return Err(Stop::Corrupt)
