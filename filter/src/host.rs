@@ -10,10 +10,11 @@
 //! BENCHMARKS.md), so the data path makes as few as it can: requests on other paths cost one header
 //! read; a watched one reads `:method`, and `content-length` only with `inject_stream_usage`; the
 //! response headers are read in one call ([`header_pairs`]); the clock is read at the request
-//! headers, once per SSE chunk that carries tokens, and in `on_log`; metric ids are cached per series; the shared model registry
-//! is read once per new model name per worker; `response.flags` is read only when the response did not
-//! end. Configured `label_headers` cost one header read each per watched request, and their shared
-//! sets are read once per new value per worker, as for the model.
+//! headers, once per SSE chunk that carries tokens, and in `on_log`; metric ids are cached per
+//! series; the shared model registry is read once per new model name per worker; `response.flags`
+//! is read only when the response did not end. Configured `label_headers` cost one header read each
+//! per watched request, and their shared sets are read once per new value per worker, as for the
+//! model. `tests/tests/filter/host_calls.rs` pins these budgets.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

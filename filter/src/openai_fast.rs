@@ -152,22 +152,26 @@ impl<'a> Reader<'a> {
         self.string().map(|s| !s.is_empty())
     }
 
-    /// An object, calling `member` with each key positioned before its value.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
+    /// `open`, then items separated by commas (none, but no trailing comma), then `close`; `item`
+    /// reads one item.
+    fn sequence(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(open)?;
         self.space();
-        if self.peek() == Some(b'}') {
+        if self.peek() == Some(close) {
             self.at += 1;
             return Some(());
         }
         loop {
-            let key = self.string()?;
-            self.eat(b':')?;
-            member(self, key)?;
+            item(self)?;
             self.space();
             match self.peek()? {
                 b',' => self.at += 1,
-                b'}' => {
+                b if b == close => {
                     self.at += 1;
                     return Some(());
                 }
@@ -176,31 +180,26 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An object, calling `member` with each key positioned before its value.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        self.sequence(b'{', b'}', |r| {
+            let key = r.string()?;
+            r.eat(b':')?;
+            member(r, key)
+        })
+    }
+
     /// `choices`: `null` or an array of choice objects, folded as the views fold them.
     fn choices(&mut self) -> Option<Choices<'a>> {
         let mut choices = Choices::default();
-        if self.is_null() {
-            return Some(choices);
+        if !self.is_null() {
+            self.sequence(b'[', b']', |r| {
+                let (text, finished, delta) = r.choice()?;
+                choices.add(text, finished, delta);
+                Some(())
+            })?;
         }
-        self.eat(b'[')?;
-        self.space();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            return Some(choices);
-        }
-        loop {
-            let (text, finished, delta) = self.choice()?;
-            choices.add(text, finished, delta);
-            self.space();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(choices);
-                }
-                _ => return None,
-            }
-        }
+        Some(choices)
     }
 
     /// One choice: its `text` is non-empty, it has a `finish_reason`, its `delta`.
@@ -211,10 +210,12 @@ impl<'a> Reader<'a> {
                 "text" if text.is_none() => text = Some(r.non_empty()?),
                 // Any value but `null` finishes; only a string is read here.
                 "finish_reason" if finish.is_none() => {
-                    finish = Some(!r.is_null());
-                    if finish == Some(true) {
+                    finish = Some(if r.is_null() {
+                        false
+                    } else {
                         r.string()?;
-                    }
+                        true
+                    });
                 }
                 "delta" if delta.is_none() => {
                     delta = Some(if r.is_null() { None } else { Some(r.delta()?) });
