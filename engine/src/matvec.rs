@@ -8,8 +8,8 @@
 //! were slower than one after the other; and its one-row path streamed the weights at about half
 //! the machine's read bandwidth. Here each weight row is loaded once and dotted with all
 //! inputs while it sits in L1 (two rows then cost about one), rows are split over the rayon pool
-//! candle already uses, and the inner loop is compiled for AVX-512 or AVX2+FMA when the CPU has them
-//! (checked at run time). One row reaches about 90 % of the read bound this way. It is
+//! candle already uses, and the inner loop is compiled for AVX-512 or AVX2+FMA when the CPU has
+//! them (checked at run time). One row reaches about 90 % of the read bound this way. It is
 //! compute-bound beyond a few rows, where the model switches to `(W · xᵀ)ᵀ`.
 
 use candle_core::{Device, Storage, Tensor};
@@ -50,7 +50,7 @@ pub fn matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
                     let row = &wv[(r0 + r) * k..(r0 + r + 1) * k];
                     let o = &mut o[g..ge];
                     match simd {
-                        // SAFETY: the CPU supports AVX-512F (checked by `Simd::detect`).
+                        // SAFETY: the CPU supports AVX-512F and FMA (checked by `Simd::detect`).
                         #[cfg(target_arch = "x86_64")]
                         Simd::Avx512 => unsafe { dots_avx512(row, xg, k, o) },
                         // SAFETY: the CPU supports AVX2 and FMA (checked by `Simd::detect`).
@@ -81,7 +81,7 @@ impl Simd {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
                 return Self::Avx512;
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

@@ -3,9 +3,9 @@
 //!
 //! A decode step reads every weight once, so on a CPU it cannot run faster than
 //! `weight bytes / memory read bandwidth`; the bound is measured here by reading a 1 GiB buffer on
-//! every thread. The first
-//! table times the forward pass alone (greedy argmax); the others go through the scheduler
-//! (batching, chunked prefill, sampling, detokenization), which is what the server adds before HTTP.
+//! every thread. The first table times the forward pass alone (greedy argmax); the others go
+//! through the scheduler (batching, chunked prefill, sampling, detokenization), which is what the
+//! server adds before HTTP.
 //!
 //! `--dtype q8_0|q4k` quantizes the same random weights in process, as the server's `--dtype`
 //! does, so the f32 and quantized kernels can be compared at the same shapes; the bound then uses
