@@ -311,7 +311,7 @@ impl Lin {
                 let m = x.dim(0)?;
                 let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
                 match m {
-                    1..=4 if cpu_f32 => crate::matvec::matmul_wt(x, w)?,
+                    1..=16 if cpu_f32 => crate::matvec::matmul_wt(x, w)?,
                     2..=64 => w.matmul(&x.t()?)?.t()?.contiguous()?,
                     _ => x.matmul(&w.t()?)?,
                 }
@@ -829,6 +829,9 @@ fn attention(
     scale: f32,
     groups: usize,
 ) -> anyhow::Result<Tensor> {
+    if q.device().is_cpu() && q.dtype() == DType::F32 && q.dim(1)? == 1 {
+        return decode_attention(q, k, v, scale, groups);
+    }
     if q.device().is_cpu() && q.dtype() == DType::F32 {
         // candle-nn's fused CPU kernel: GQA-aware, causal with a KV offset, no mask tensor.
         let o = flash_attn::<f32>(
@@ -843,6 +846,83 @@ fn attention(
         return Ok(o.transpose(1, 2)?);
     }
     attention_reference(q, k, v, prev, scale, groups)
+}
+
+/// Attention of one new token (`q`: `(1, 1, heads, hd)`) over its whole cache (`(kv, kv_heads,
+/// hd)`, every position visible), on the calling thread; returns `(1, 1, heads, hd)`.
+///
+/// A decode step runs this once per sequence and layer over a few hundred keys at most: well under
+/// a millisecond of arithmetic. candle-nn's fused kernel spreads even that over the thread pool,
+/// and the hand-offs cost more than the work: profiled at Qwen3-0.6B shapes on the 2-core machine,
+/// it took about 1.2 ms per call, 137 of a 4-stream step's 353 ms (`qwen3-bench`, BENCHMARKS.md).
+fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    groups: usize,
+) -> anyhow::Result<Tensor> {
+    let (_, _, nh, hd) = q.dims4()?;
+    let (kv_len, nkv, hd2) = k.dims3()?;
+    if hd2 != hd || nh != nkv * groups || v.dims3()? != (kv_len, nkv, hd) {
+        bail!(
+            "decode attention: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&*ks, &*vs) else {
+        bail!("decode attention: CPU tensors only");
+    };
+    let len = kv_len * nkv * hd;
+    let kd = &ks.as_slice::<f32>()?[kl.start_offset()..kl.start_offset() + len];
+    let vd = &vs.as_slice::<f32>()?[vl.start_offset()..vl.start_offset() + len];
+    let mut out = vec![0f32; nh * hd];
+    let mut scores = vec![0f32; kv_len];
+    for (h, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+        let g = h / groups;
+        for (t, s) in scores.iter_mut().enumerate() {
+            let kt = &kd[(t * nkv + g) * hd..(t * nkv + g + 1) * hd];
+            *s = dot(qh, kt) * scale;
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for (t, s) in scores.iter().enumerate() {
+            let vt = &vd[(t * nkv + g) * hd..(t * nkv + g + 1) * hd];
+            let p = s / sum;
+            for (o, x) in oh.iter_mut().zip(vt) {
+                *o += p * x;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (1, 1, nh, hd), &Device::Cpu)?)
+}
+
+/// `a · b` in sixteen lanes, which the compiler vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Plain matmul attention (any device): used off-CPU and as a cross-check in tests.
@@ -1109,6 +1189,23 @@ mod tests {
         let b = attention_reference(&q, &k, &v, prev, 0.25, nh / nkv).unwrap();
         assert_eq!(a.dims(), b.dims());
         assert!(max_abs_diff(&a, &b) < 1e-5);
+    }
+
+    #[test]
+    fn decode_attention_equals_reference_attention() {
+        let dev = Device::Cpu;
+        for (prev, nh, nkv, hd) in [(0, 4, 2, 16), (9, 4, 2, 16), (40, 6, 2, 24), (3, 2, 2, 20)] {
+            let q = Tensor::randn(0f32, 1.0, (1, 1, nh, hd), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (prev + 1, nkv, hd), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (prev + 1, nkv, hd), &dev).unwrap();
+            let a = attention(&q, &k, &v, prev, 0.3, nh / nkv).unwrap();
+            let b = attention_reference(&q, &k, &v, prev, 0.3, nh / nkv).unwrap();
+            assert_eq!(a.dims(), b.dims());
+            assert!(
+                max_abs_diff(&a, &b) < 1e-5,
+                "prev {prev}, heads {nh}/{nkv}, hd {hd}"
+            );
+        }
     }
 
     #[test]

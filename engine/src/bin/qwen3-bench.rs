@@ -3,7 +3,8 @@
 //!
 //! A decode step reads every weight once, so on a CPU it cannot run faster than
 //! `weight bytes / memory read bandwidth`; the bound is measured here by reading a 1 GiB buffer on
-//! every thread. The first table times the forward pass alone (greedy argmax); the others go
+//! every thread. A kernel table shows the batched mat-vec alone at 1-8 rows on a 1 GiB matrix, and
+//! prefill is reported next to the machine's measured GEMM rate. The first table times the forward pass alone (greedy argmax); the others go
 //! through the scheduler (batching, chunked prefill, sampling, detokenization), which is what the
 //! server adds before HTTP.
 //!
@@ -50,32 +51,74 @@ fn parse_dtype(s: &str) -> anyhow::Result<WeightDType> {
 }
 
 /// Read bandwidth in bytes/s with every core reading, which is what a decode step does: a 1 GiB
-/// buffer (far beyond the caches) split over the rayon pool the matmuls use, each part summed
-/// with eight independent accumulators; the best of five passes. A `memcpy` figure would count the
-/// writes too and run on one core.
+/// buffer (far beyond the caches) split over the rayon pool the matmuls use, each part summed as
+/// fast as this CPU can (AVX-512 or AVX2 when it has them, checked at run time, with the same
+/// 4 KiB software prefetch as the mat-vec kernel); the best of five passes. A `memcpy` figure
+/// would count the writes too and run on one core, and a plain scalar loop reads slower than the
+/// kernel does, which would make the bound no bound.
 fn read_bandwidth() -> f64 {
     use rayon::prelude::*;
-    let n = (1usize << 30) / 8;
-    let buf: Vec<u64> = (0..n as u64).collect(); // touched, so the pages exist
+    let n = (1usize << 30) / 4;
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect(); // touched, so the pages exist
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = Instant::now();
-        let s: u64 = buf
-            .par_chunks(1 << 16)
-            .map(|c| {
-                let mut acc = [0u64; 8];
-                for w in c.chunks_exact(8) {
-                    for (a, x) in acc.iter_mut().zip(w) {
-                        *a = a.wrapping_add(*x);
-                    }
-                }
-                acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
-            })
-            .reduce(|| 0, u64::wrapping_add);
+        let s: f32 = Device::Cpu.with_context(|| {
+            buf.par_chunks(1 << 16)
+                .map(sum_stream)
+                .reduce(|| 0.0, |a, b| a + b)
+        });
         std::hint::black_box(s);
         best = best.min(t.elapsed().as_secs_f64());
     }
-    (n * 8) as f64 / best
+    (n * 4) as f64 / best
+}
+
+fn sum_stream(c: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { sum_avx512(c) };
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { sum_avx2(c) };
+        }
+    }
+    prefetched_sum(c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn sum_avx512(c: &[f32]) -> f32 {
+    prefetched_sum(c)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sum_avx2(c: &[f32]) -> f32 {
+    prefetched_sum(c)
+}
+
+/// Sixty-four independent lanes per chunk (vectorised at whatever width the caller enables), with
+/// the line 4 KiB ahead prefetched on x86.
+#[inline(always)]
+fn prefetched_sum(c: &[f32]) -> f32 {
+    let mut acc = [0f32; 64];
+    for (i, w) in c.chunks_exact(64).enumerate() {
+        #[cfg(target_arch = "x86_64")]
+        for line in 0..4 {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = c.as_ptr().wrapping_add(i * 64 + line * 16 + 1024);
+            // SAFETY: a prefetch reads nothing the program sees and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+        }
+        for (a, x) in acc.iter_mut().zip(w) {
+            *a += x;
+        }
+    }
+    acc.iter().sum()
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
@@ -116,7 +159,9 @@ fn main() -> anyhow::Result<()> {
         1.0 / bound_s
     );
 
-    let steps = if args.quick { 8 } else { 32 };
+    // Quick mode still runs 24 steps a row: with the median step time this repeats within a few
+    // per cent between runs on an idle machine (8 steps did not).
+    let steps = if args.quick { 24 } else { 64 };
     println!("\n| streams | decode steps | ms/step | aggregate tok/s | per-stream tok/s | share of bandwidth bound |");
     println!("|---|---|---|---|---|---|");
     for &b in &args.streams {
@@ -133,8 +178,9 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let logits = model.forward(&mut inputs)?.to_vec2::<f32>()?;
         let mut next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
-        let t = Instant::now();
+        let mut times = Vec::with_capacity(steps);
         for _ in 0..steps {
+            let t = Instant::now();
             let toks: Vec<[u32; 1]> = next.iter().map(|t| [*t]).collect();
             let mut inputs: Vec<StepInput<'_>> = caches
                 .iter_mut()
@@ -146,8 +192,10 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             let logits = model.forward(&mut inputs)?.to_vec2::<f32>()?;
             next = logits.iter().map(|l| argmax(l)).collect();
+            times.push(t.elapsed().as_secs_f64());
         }
-        let per_step = t.elapsed().as_secs_f64() / steps as f64;
+        // The median step: a step the OS preempted does not move it.
+        let per_step = median(&mut times);
         println!(
             "| {b} | {steps} | {:.0} | {:.2} | {:.2} | {:.0}% |",
             per_step * 1e3,
@@ -157,12 +205,97 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    engine_level(model, &args, steps)
+    kernel_table(bw)?;
+    let gflops = gemm_gflops()?;
+    println!(
+        "\nmatmul throughput (candle's f32 GEMM, 512x1024 by 1024x3072, the prefill shape; best of 5): {:.1} GFLOP/s",
+        gflops / 1e9
+    );
+    engine_level(model, &args, steps, &cfg, gflops)
+}
+
+/// The batched mat-vec kernel alone (`matvec::matmul_wt`, what every f32 linear layer of a
+/// decode step runs) on a 1 GiB weight matrix, far beyond the caches: the weight read rate for
+/// 1 to 8 rows, next to the measured bandwidth. A step that takes much longer than its matrices
+/// do here spends the rest outside the kernel.
+fn kernel_table(bw: f64) -> anyhow::Result<()> {
+    use candle_core::Tensor;
+    let dev = Device::Cpu;
+    let (n, k) = (1usize << 18, 1024usize);
+    let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+    println!("\n| rows | mat-vec over a 1 GiB weight (ms, best of 5) | weight read rate | share of the read bandwidth |");
+    println!("|---|---|---|---|");
+    for m in [1usize, 2, 4, 8] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let y = dev.with_context(|| qwen3_engine::matvec::matmul_wt(&x, &w))?;
+            std::hint::black_box(y);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let rate = (n * k * 4) as f64 / best;
+        println!(
+            "| {m} | {:.1} | {:.1} GB/s | {:.0}% |",
+            best * 1e3,
+            rate / 1e9,
+            100.0 * rate / bw
+        );
+    }
+    Ok(())
+}
+
+/// The median of `v` (sorted in place); 0 when empty.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The machine's f32 matmul rate in FLOP/s as prefill sees it: candle's GEMM (the `x · Wᵀ` a
+/// prompt chunk runs through, on the same thread pool) at a Qwen3-0.6B MLP shape.
+fn gemm_gflops() -> anyhow::Result<f64> {
+    use candle_core::Tensor;
+    let dev = Device::Cpu;
+    let (m, k, n) = (512usize, 1024usize, 3072usize);
+    let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let y = dev.with_context(|| x.matmul(&w.t()?))?;
+        std::hint::black_box(y);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok((2 * m * k * n) as f64 / best)
+}
+
+/// Floating-point operations of prefilling a `len`-token prompt: two per weight of every layer
+/// matrix per token, plus causal attention (scores and the weighted sum: `2 · 2 · heads · head_dim`
+/// per key a query attends to, `len · (len + 1) / 2` query-key pairs a layer), plus the LM head
+/// for the last token alone.
+fn prefill_flops(cfg: &Qwen3Config, len: usize) -> f64 {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let per_token = 2 * (h * q + 2 * h * kv + q * h + 3 * h * cfg.intermediate_size);
+    let pairs = len * (len + 1) / 2;
+    let attn = 4 * cfg.num_attention_heads * hd * pairs;
+    cfg.num_hidden_layers as f64 * (per_token * len + attn) as f64
+        + 2.0 * (h * cfg.vocab_size) as f64
 }
 
 /// The same measurements through the scheduler (continuous batching, sampling over the whole
 /// vocabulary, detokenization, metrics): what a client of the server gets, minus HTTP.
-fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
+fn engine_level(
+    model: Qwen3,
+    args: &Args,
+    steps: usize,
+    cfg: &Qwen3Config,
+    gflops: f64,
+) -> anyhow::Result<()> {
     use qwen3_engine::chat::{locate_tokenizer_dir, ChatTokenizer};
     use qwen3_engine::sampling::SamplingParams;
     use qwen3_engine::scheduler::{spawn, Event, GenerateRequest, SchedulerConfig};
@@ -253,13 +386,20 @@ fn engine_level(model: Qwen3, args: &Args, steps: usize) -> anyhow::Result<()> {
         println!("| {b} | {} | {agg:.2} | {:.2} |", steps + 1, agg / b as f64);
     }
     println!(
-        "\n| prompt tokens | TTFT through the scheduler (one request, prefill in {}-token chunks) | prefill tok/s |",
+        "\n| prompt tokens | TTFT through the scheduler (one request, prefill in {}-token chunks) | prefill tok/s | prefill GFLOP/s | share of the matmul rate |",
         args.chunk
     );
-    println!("|---|---|---|");
+    println!("|---|---|---|---|---|");
     for &len in &args.ttft_prompts {
         let r = run(vec![prompt(len, 11)], 1)?;
-        println!("| {len} | {:.2} s | {:.0} |", r[0].1, len as f64 / r[0].1);
+        let rate = prefill_flops(cfg, len) / r[0].1;
+        println!(
+            "| {len} | {:.2} s | {:.0} | {:.1} | {:.0}% |",
+            r[0].1,
+            len as f64 / r[0].1,
+            rate / 1e9,
+            100.0 * rate / gflops
+        );
     }
     engine.shutdown();
     Ok(())
