@@ -7,7 +7,10 @@
 //! has no batching, so N streams are N independent forward passes competing for the cores.
 //!
 //! Prints one JSON line: per stream the prompt length, the time of the first token (TTFT, from
-//! the common start) and the time of every generated token, all in seconds.
+//! the common start, after a warm-up pass) and the time of every generated token, in seconds.
+//!
+//! The file is loaded as candle-transformers loads it; without a `general.dtype` key (llama.cpp
+//! writes none) its rotary tables are F16, which changes values but not the work per token.
 //!
 //! ```text
 //! cargo run --release -p qwen3-engine --example candle_qwen3 -- \
@@ -97,9 +100,18 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--model: cannot open {}", args.model.display()))?;
     let content = gguf_file::Content::read(&mut file)
         .with_context(|| format!("--model: {} is not GGUF", args.model.display()))?;
-    let model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+    let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
         .with_context(|| format!("loading {} with quantized_qwen3", args.model.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
+    // Warm-up (thread pools, first allocations), as the servers get a warm-up request: a short
+    // prefill and one decode step, then the caches are emptied before the model is cloned.
+    let warm = Tensor::new(&prompt[..prompt.len().min(4)], &Device::Cpu)?.unsqueeze(0)?;
+    let next = argmax(&model.forward(&warm, 0)?)?;
+    model.forward(
+        &Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?,
+        warm.dim(1)?,
+    )?;
+    model.clear_kv_cache();
 
     // Every thread waits at the barrier, then all start from the same instant.
     let barrier = Arc::new(Barrier::new(args.streams));
