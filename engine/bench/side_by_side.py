@@ -673,6 +673,12 @@ def main():
     info = bindir / ".." / "build_info.json" if bindir else None
     if info and info.is_file():
         meta["llama_build_info"] = json.loads(info.read_text())
+    load1 = meta["load_average"][0]
+    if load1 > 0.5 * (os.cpu_count() or 1):
+        log(f"side_by_side: warning: the machine is busy (load average {load1:.2f} on "
+            f"{os.cpu_count()} threads). Every implementation competes for the cores; llama.cpp "
+            "with -t equal to the core count suffers most (its threads wait for each other at "
+            "every operation), so its figures can collapse. Use a quiet machine.")
     results, sizes = {}, {}
     t_start = time.monotonic()
     for dt in dtypes:
