@@ -539,7 +539,15 @@ def svg_chart(results, dtypes, meta):
             for k in IMPLS + ["llama-bench"]]))
         groups.append((f"{dt}, 4 streams (aggregate)", [
             (k, (r.get(k) or {}).get("decode_4")) for k in IMPLS]))
-    vmax = max([v for _, bars in groups for _, v in bars if v] + [1.0])
+    top_value = max([v for _, bars in groups for _, v in bars if v] + [1.0])
+    # The axis ends at the first 1, 2 or 5 times a power of ten at or above the largest bar.
+    step = 10 ** len(str(int(top_value / 5))) / 10
+    while True:
+        nice = next((m * step for m in (1, 2, 5, 10) if 5 * m * step >= top_value), None)
+        if nice:
+            break
+        step *= 10
+    vmax = 5 * nice
     width, height = 860, 420
     left, right, top, bottom = 60, 20, 60, 90
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -552,14 +560,15 @@ def svg_chart(results, dtypes, meta):
            f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15">Qwen3-0.6B '
            f'(random weights, same GGUF) decode tok/s, higher is better</text>',
            f'<text x="{width / 2}" y="40" text-anchor="middle" fill="#555">'
-           f'{esc(meta["machine"])}, {esc(meta["date"])}</text>']
+           f'{esc(meta["machine"])}, {esc(meta["date"])}, load average at start '
+           f'{meta["load_average"][0]:.2f}</text>']
     # y axis with 5 ticks
     for i in range(6):
         v = vmax * i / 5
         y = top + plot_h - plot_h * i / 5
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
                    f'stroke="#ddd"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{v:g}</text>')
     for gi, (name, bars) in enumerate(groups):
         x0 = left + gi * gw + gw * 0.1
         for bi, (k, v) in enumerate(bars):
