@@ -10,6 +10,10 @@
 //! The tokenizer is not read from the file: the chat path needs `tokenizer.json` and
 //! `tokenizer_config.json` (its Jinja template), which the server takes from `--tokenizer-dir`.
 //!
+//! The writer side ([`qwen3_metadata`], [`tokenizer_metadata`], [`write()`]) is what `qwen3-gguf`
+//! uses to give llama.cpp, candle-transformers and this engine one file to benchmark: the same
+//! keys and tensor names, plus the `tokenizer.*` keys llama.cpp needs.
+//!
 //! Every malformed input is an error naming the key or tensor: a file that is not GGUF, a truncated
 //! header or tensor, another architecture, a missing or mistyped key, a missing tensor or one of
 //! the wrong shape (checked before its data is read, so an absurd shape never allocates).
