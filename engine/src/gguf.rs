@@ -10,6 +10,10 @@
 //! The tokenizer is not read from the file: the chat path needs `tokenizer.json` and
 //! `tokenizer_config.json` (its Jinja template), which the server takes from `--tokenizer-dir`.
 //!
+//! The writer side ([`qwen3_metadata`], [`tokenizer_metadata`], [`write()`]) is what `qwen3-gguf`
+//! uses to give llama.cpp, candle-transformers and this engine one file to benchmark: the same
+//! keys and tensor names, plus the `tokenizer.*` keys llama.cpp needs.
+//!
 //! Every malformed input is an error naming the key or tensor: a file that is not GGUF, a truncated
 //! header or tensor, another architecture, a missing or mistyped key, a missing tensor or one of
 //! the wrong shape (checked before its data is read, so an absurd shape never allocates).
@@ -255,6 +259,223 @@ impl<R: Read + Seek> WeightSource for GgufSource<R> {
     fn device(&self) -> &Device {
         &self.device
     }
+}
+
+/// GGUF token types (llama.cpp's `LLAMA_TOKEN_TYPE_*` / gguf-py's `TokenType`).
+pub mod token_type {
+    pub const NORMAL: i32 = 1;
+    pub const CONTROL: i32 = 3;
+    pub const USER_DEFINED: i32 = 4;
+    pub const UNUSED: i32 = 5;
+}
+
+/// The `general.*` and `qwen3.*` metadata llama.cpp's converter writes for `cfg`: everything
+/// [`config`] reads, and what llama.cpp's loader requires. `file_type` is llama.cpp's
+/// `general.file_type` (0 all F32, 7 mostly Q8_0).
+pub fn qwen3_metadata(cfg: &Qwen3Config, name: &str, file_type: u32) -> Vec<(String, Value)> {
+    let u = |v: usize| Value::U32(v as u32);
+    let mut md = vec![
+        ("general.architecture".into(), Value::String("qwen3".into())),
+        ("general.name".into(), Value::String(name.into())),
+        ("general.file_type".into(), Value::U32(file_type)),
+        ("qwen3.block_count".into(), u(cfg.num_hidden_layers)),
+        (
+            "qwen3.context_length".into(),
+            u(cfg.max_position_embeddings),
+        ),
+        ("qwen3.embedding_length".into(), u(cfg.hidden_size)),
+        ("qwen3.feed_forward_length".into(), u(cfg.intermediate_size)),
+        (
+            "qwen3.attention.head_count".into(),
+            u(cfg.num_attention_heads),
+        ),
+        (
+            "qwen3.attention.head_count_kv".into(),
+            u(cfg.num_key_value_heads),
+        ),
+        ("qwen3.attention.key_length".into(), u(cfg.head_dim())),
+        ("qwen3.attention.value_length".into(), u(cfg.head_dim())),
+        (
+            "qwen3.rope.freq_base".into(),
+            Value::F32(cfg.rope_theta as f32),
+        ),
+        (
+            "qwen3.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+    ];
+    if file_type != 0 {
+        md.push(("general.quantization_version".into(), Value::U32(2)));
+    }
+    md
+}
+
+/// The `tokenizer.*` metadata llama.cpp needs to tokenize with Qwen3's byte-level BPE, read from
+/// `dir`'s `tokenizer.json` and `tokenizer_config.json` as llama.cpp's `convert_hf_to_gguf.py`
+/// does for Qwen2/Qwen3: model `gpt2`, pre-tokenizer `qwen2`, one token per id in `0..n_vocab`
+/// (ids the tokenizer does not use become `[PADn]`, type unused), added tokens typed control when
+/// marked special or spelled `<|...|>` and user-defined otherwise, every merge as `"a b"`, the
+/// special token ids and the chat template. `n_vocab` is the model's embedding row count, which
+/// llama.cpp requires to equal the token count.
+pub fn tokenizer_metadata(dir: &Path, n_vocab: usize) -> anyhow::Result<Vec<(String, Value)>> {
+    use serde_json::Value as Json;
+    let read = |name: &str| -> anyhow::Result<Json> {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    let tok = read("tokenizer.json")?;
+    let tcfg = read("tokenizer_config.json")?;
+    let model = &tok["model"];
+    if model["type"] != "BPE" {
+        bail!(
+            "tokenizer.json model.type is {}, expected \"BPE\"",
+            model["type"]
+        );
+    }
+    let mut tokens: Vec<Option<(String, i32)>> = vec![None; n_vocab];
+    let mut put = |id: u64, text: &str, ty: i32, what: &str| -> anyhow::Result<()> {
+        let slot = usize::try_from(id)
+            .ok()
+            .and_then(|i| tokens.get_mut(i))
+            .with_context(|| {
+                format!(
+                    "tokenizer.json {what} {text:?} has id {id}, outside the model's {n_vocab} \
+                     embedding rows"
+                )
+            })?;
+        *slot = Some((text.to_string(), ty));
+        Ok(())
+    };
+    let vocab = model["vocab"]
+        .as_object()
+        .context("tokenizer.json model.vocab is not an object")?;
+    for (text, id) in vocab {
+        let id = id
+            .as_u64()
+            .with_context(|| format!("tokenizer.json model.vocab[{text:?}] is not an id: {id}"))?;
+        put(id, text, token_type::NORMAL, "model.vocab token")?;
+    }
+    let added = tok["added_tokens"]
+        .as_array()
+        .context("tokenizer.json added_tokens is not an array")?;
+    let mut special_ids = std::collections::HashMap::new();
+    for (i, a) in added.iter().enumerate() {
+        let text = a["content"]
+            .as_str()
+            .with_context(|| format!("tokenizer.json added_tokens[{i}].content is not a string"))?;
+        let id = a["id"]
+            .as_u64()
+            .with_context(|| format!("tokenizer.json added_tokens[{i}].id is not an id"))?;
+        let looks_special = text.starts_with("<|") && text.ends_with("|>");
+        let ty = if a["special"] == Json::Bool(true) || looks_special {
+            token_type::CONTROL
+        } else {
+            token_type::USER_DEFINED
+        };
+        put(id, text, ty, "added token")?;
+        special_ids.insert(text.to_string(), id as u32);
+    }
+    let (mut texts, mut types) = (Vec::with_capacity(n_vocab), Vec::with_capacity(n_vocab));
+    for (i, t) in tokens.into_iter().enumerate() {
+        let (text, ty) = t.unwrap_or_else(|| (format!("[PAD{i}]"), token_type::UNUSED));
+        texts.push(Value::String(text));
+        types.push(Value::I32(ty));
+    }
+    let merges = model["merges"]
+        .as_array()
+        .context("tokenizer.json model.merges is not an array")?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m {
+            Json::String(s) => Ok(Value::String(s.clone())),
+            Json::Array(p) => match p.as_slice() {
+                [Json::String(a), Json::String(b)] => Ok(Value::String(format!("{a} {b}"))),
+                _ => bail!("tokenizer.json model.merges[{i}] is not a pair of strings: {m}"),
+            },
+            _ => bail!("tokenizer.json model.merges[{i}] is neither \"a b\" nor [a, b]: {m}"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // A special token is named in tokenizer_config.json as a string or as {"content": ...}.
+    let special = |key: &str| -> anyhow::Result<Option<u32>> {
+        let name = match &tcfg[key] {
+            Json::Null => return Ok(None),
+            Json::String(s) => s.as_str(),
+            v => v["content"].as_str().with_context(|| {
+                format!("tokenizer_config.json {key} is neither a string nor {{content}}: {v}")
+            })?,
+        };
+        let id = special_ids
+            .get(name)
+            .copied()
+            .or_else(|| vocab.get(name).and_then(|v| v.as_u64()).map(|id| id as u32));
+        id.map(Some)
+            .with_context(|| format!("tokenizer_config.json {key} {name:?} is not a token"))
+    };
+    let eos = special("eos_token")?.context("tokenizer_config.json has no eos_token")?;
+    let pad = special("pad_token")?;
+    // Qwen3's tokenizer_config.json has no bos_token (its config.json's bos_token_id is
+    // <|endoftext|>, which llama.cpp's converter takes); add_bos_token false means it is never
+    // prepended, so the id only fills the key.
+    let bos = match special("bos_token")? {
+        Some(id) => id,
+        None => pad.unwrap_or(eos),
+    };
+    let add_bos = tcfg["add_bos_token"].as_bool().unwrap_or(false);
+    let template = tcfg["chat_template"]
+        .as_str()
+        .context("tokenizer_config.json chat_template is not a string")?;
+    let mut md = vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(texts)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(bos)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(template.into()),
+        ),
+    ];
+    if let Some(pad) = pad {
+        md.push(("tokenizer.ggml.padding_token_id".into(), Value::U32(pad)));
+    }
+    Ok(md)
+}
+
+/// Writes a GGUF file llama.cpp and `--model` both load: `metadata` and `weights` (Hugging Face
+/// names, as [`crate::qwen3::random_weights`] gives them) under llama.cpp's tensor names, every
+/// matrix stored as `dtype` and every vector as F32 (llama.cpp keeps norms in F32).
+pub fn write(
+    path: &Path,
+    metadata: &[(String, Value)],
+    weights: &std::collections::HashMap<String, Tensor>,
+    dtype: candle_core::quantized::GgmlDType,
+) -> anyhow::Result<()> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for hf in names {
+        let t = &weights[hf];
+        let name = gguf_name(hf).with_context(|| format!("no GGUF name for tensor {hf}"))?;
+        let ty = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
+        let q = QTensor::quantize(t, ty)
+            .with_context(|| format!("quantizing {hf} {:?} to {ty:?}", t.dims()))?;
+        tensors.push((name, q));
+    }
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    candle_core::quantized::gguf_file::write(&mut out, &md, &ts)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::flush(&mut out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]

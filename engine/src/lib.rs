@@ -17,7 +17,7 @@
 //! presets with real Qwen3 shapes, optionally quantized in process (`--dtype`) to benchmark those
 //! kernels.
 //!
-//! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`gguf`] (GGUF metadata and tensor names),
+//! Layout: [`qwen3`] (the batched Qwen3 forward pass), [`gguf`] (GGUF metadata and tensor names, read and written),
 //! [`chat`] (tokenizer and chat template),
 //! [`sampling`], [`scheduler`] (continuous batching, cancellation, reasoning split, stop strings),
 //! [`kv`] (the KV budget in blocks and how caches grow),
