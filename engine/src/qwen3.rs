@@ -290,10 +290,10 @@ impl Weight {
 /// weight on every call (measured at Qwen3-0.6B shapes on the 2-core CI machine: 2 rows of
 /// 1024→3072 took 12× one row, 2 rows of the LM head 4–5×). Batched decoding only pays if a step
 /// reads each weight about once:
-/// - 1–4 rows: [`crate::matvec::matmul_wt`], one pass over the weight for all rows on every core
-///   (one row: 91 % of the measured read bound at Qwen3-0.6B, against 51 % for candle's vector
-///   path, BENCHMARKS.md);
-/// - 5–64 rows: `(W · xᵀ)ᵀ`, which keeps the weight in its stored layout and stays nearly flat;
+/// - 1–16 rows: [`crate::matvec::matmul_wt`], one pass over the weight for all rows on every core
+///   (one row streams at the machine's read rate; four rows take about 1.2× one row's time on a
+///   1 GiB matrix, BENCHMARKS.md);
+/// - 17–64 rows: `(W · xᵀ)ᵀ`, which keeps the weight in its stored layout and stays nearly flat;
 /// - longer prompt chunks: the ordinary `x · Wᵀ`, compute-bound like any GEMM.
 struct Lin {
     w: Weight,
@@ -312,7 +312,7 @@ impl Lin {
                 let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
                 match m {
                     1..=16 if cpu_f32 => crate::matvec::matmul_wt(x, w)?,
-                    2..=64 => w.matmul(&x.t()?)?.t()?.contiguous()?,
+                    17..=64 => w.matmul(&x.t()?)?.t()?.contiguous()?,
                     _ => x.matmul(&w.t()?)?,
                 }
             }
