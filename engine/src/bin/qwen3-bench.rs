@@ -206,6 +206,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     kernel_table(bw)?;
+    shape_table(&cfg, bw)?;
     let gflops = gemm_gflops()?;
     println!(
         "\nmatmul throughput (candle's f32 GEMM, 512x1024 by 1024x3072, the prefill shape; best of 5): {:.1} GFLOP/s",
@@ -242,6 +243,57 @@ fn kernel_table(bw: f64) -> anyhow::Result<()> {
             100.0 * rate / bw
         );
     }
+    Ok(())
+}
+
+/// One-row mat-vec at each of the model's matrix shapes, one distinct matrix per layer (so, as in
+/// a decode step, nothing is read from cache twice): how fast each shape streams, and what the
+/// linear layers of a one-stream step cost when run alone. Against the forward table's step this
+/// splits a step into matrix time and everything else, and shows whether small matrices read
+/// slower than large ones.
+fn shape_table(cfg: &Qwen3Config, bw: f64) -> anyhow::Result<()> {
+    use candle_core::Tensor;
+    let dev = Device::Cpu;
+    let (h, hd, ffn) = (cfg.hidden_size, cfg.head_dim(), cfg.intermediate_size);
+    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let layers = cfg.num_hidden_layers;
+    // (name, rows n, columns k, matrices per step)
+    let shapes = [
+        ("q_proj", q, h, layers),
+        ("k_proj, v_proj", kv, h, 2 * layers),
+        ("o_proj", h, q, layers),
+        ("gate_proj, up_proj", ffn, h, 2 * layers),
+        ("down_proj", h, ffn, layers),
+        ("lm_head", cfg.vocab_size, h, 1),
+    ];
+    println!("\n| matrices (one row, as a 1-stream step) | shape | count | ms per step (best of 3) | read rate | share of the read bandwidth |");
+    println!("|---|---|---|---|---|---|");
+    let x = Tensor::randn(0f32, 1.0, (1, h.max(q).max(ffn)), &dev)?;
+    let mut total = 0.0;
+    for (name, n, k, count) in shapes {
+        let ws = (0..count)
+            .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let xk = x.narrow(1, 0, k)?;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for w in &ws {
+                let y = dev.with_context(|| qwen3_engine::matvec::matmul_wt(&xk, w))?;
+                std::hint::black_box(y);
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        total += best;
+        let rate = (count * n * k * 4) as f64 / best;
+        println!(
+            "| {name} | {n}x{k} | {count} | {:.1} | {:.1} GB/s | {:.0}% |",
+            best * 1e3,
+            rate / 1e9,
+            100.0 * rate / bw
+        );
+    }
+    println!("| all | | | {:.1} | | |", total * 1e3);
     Ok(())
 }
 
