@@ -3,8 +3,9 @@
 //!
 //! A decode step reads every weight once, so on a CPU it cannot run faster than
 //! `weight bytes / memory read bandwidth`; the bound is measured here by reading a 1 GiB buffer on
-//! every thread. A kernel table shows the batched mat-vec alone at 1-8 rows on a 1 GiB matrix, and
-//! prefill is reported next to the machine's measured GEMM rate. The first table times the forward pass alone (greedy argmax); the others go
+//! every thread. A kernel table shows the batched mat-vec alone at 1-8 rows on a 1 GiB matrix, a
+//! shape table each of the model's matrix shapes at one row, and prefill is reported next to the
+//! machine's measured GEMM rate. The first table times the forward pass alone (greedy argmax); the others go
 //! through the scheduler (batching, chunked prefill, sampling, detokenization), which is what the
 //! server adds before HTTP.
 //!
