@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 
-use crate::qwen3::{Qwen3, Qwen3Config, Weight, WeightSource};
+use crate::qwen3::{Qwen3, Qwen3Config, Weight, WeightDType, WeightSource};
 
 /// Metadata integers above this are not a Qwen3 model (the largest has a 152k vocabulary and a
 /// 40k context); refusing them keeps products of two dimensions far from overflowing and a
@@ -270,9 +270,16 @@ pub mod token_type {
 }
 
 /// The `general.*` and `qwen3.*` metadata llama.cpp's converter writes for `cfg`: everything
-/// [`config`] reads, and what llama.cpp's loader requires. `file_type` is llama.cpp's
-/// `general.file_type` (0 all F32, 7 mostly Q8_0).
-pub fn qwen3_metadata(cfg: &Qwen3Config, name: &str, file_type: u32) -> Vec<(String, Value)> {
+/// [`config`] reads, and what llama.cpp's loader requires, for a file whose matrices [`write()`]
+/// stores as `dtype`.
+pub fn qwen3_metadata(cfg: &Qwen3Config, name: &str, dtype: WeightDType) -> Vec<(String, Value)> {
+    // llama.cpp's `general.file_type` (LLAMA_FTYPE_*): all F32, mostly Q8_0, mostly Q4_K_M
+    // (every matrix is Q4_K here).
+    let file_type = match dtype {
+        WeightDType::F32 => 0,
+        WeightDType::Q8_0 => 7,
+        WeightDType::Q4K => 15,
+    };
     let u = |v: usize| Value::U32(v as u32);
     let mut md = vec![
         ("general.architecture".into(), Value::String("qwen3".into())),
@@ -453,16 +460,21 @@ pub fn write(
     path: &Path,
     metadata: &[(String, Value)],
     weights: &std::collections::HashMap<String, Tensor>,
-    dtype: candle_core::quantized::GgmlDType,
+    dtype: WeightDType,
 ) -> anyhow::Result<()> {
     use candle_core::quantized::{GgmlDType, QTensor};
+    let matrices = dtype.ggml().unwrap_or(GgmlDType::F32);
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort();
     let mut tensors = Vec::with_capacity(names.len());
     for hf in names {
         let t = &weights[hf];
         let name = gguf_name(hf).with_context(|| format!("no GGUF name for tensor {hf}"))?;
-        let ty = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
+        let ty = if t.rank() == 2 {
+            matrices
+        } else {
+            GgmlDType::F32
+        };
         let q = QTensor::quantize(t, ty)
             .with_context(|| format!("quantizing {hf} {:?} to {ty:?}", t.dims()))?;
         tensors.push((name, q));

@@ -110,10 +110,11 @@ impl Simd {
 const PREFETCH_AHEAD: usize = 1024;
 
 /// Asks for the cache line `PREFETCH_AHEAD` floats past `row[j]` (a hint: it never faults, and
-/// the address is only computed, so it may lie past the slice).
+/// the address is only computed, so it may lie past the slice). Also the read bound's prefetch in
+/// `qwen3-bench`, so the bound and the kernel read the same way.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch(row: &[f32], j: usize) {
+pub fn prefetch(row: &[f32], j: usize) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let p = row.as_ptr().wrapping_add(j + PREFETCH_AHEAD);
     // SAFETY: a prefetch reads nothing the program sees and cannot fault, whatever the address.
@@ -130,9 +131,10 @@ const GROUP: usize = 4;
 ///
 /// Each 32-float chunk of the weight row is loaded once (two registers) and multiplied into every
 /// input's two accumulators, so a group of four runs eight independent multiply-add chains and the
-/// weight is read from L1 once, not once per input; the weight 4 KiB ahead is prefetched. (Dotting the row with each input in turn, as
-/// this kernel first did, reloads the weight per input and leaves two dependent chains per input;
-/// four rows then took about twice one row's time.)
+/// weight is read from L1 once, not once per input; the weight 4 KiB ahead is prefetched.
+/// (Dotting the row with each input in turn, as this kernel first did, reloads the weight per
+/// input and leaves two dependent chains per input; four rows then took about twice one row's
+/// time.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn dots_avx512(row: &[f32], xs: &[f32], k: usize, out: &mut [f32]) {
@@ -225,25 +227,28 @@ fn dots_avx2_n<const N: usize>(row: &[f32], xs: &[f32], k: usize, out: &mut [f32
     }
 }
 
-/// Portable fallback: each input dotted with the row in turn, sixteen accumulator lanes that the
-/// compiler vectorises for the baseline target.
+/// Portable fallback: each input dotted with the row in turn.
 fn dots(row: &[f32], xs: &[f32], k: usize, out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
-        let x = &xs[i * k..(i + 1) * k];
-        let mut acc = [0f32; 16];
-        let mut rc = row.chunks_exact(16);
-        let mut xc = x.chunks_exact(16);
-        for (a, b) in rc.by_ref().zip(xc.by_ref()) {
-            for ((s, a), b) in acc.iter_mut().zip(a).zip(b) {
-                *s += a * b;
-            }
-        }
-        let mut s: f32 = acc.iter().sum();
-        for (a, b) in rc.remainder().iter().zip(xc.remainder()) {
-            s += a * b;
-        }
-        *o = s;
+        *o = dot(row, &xs[i * k..(i + 1) * k]);
     }
+}
+
+/// `a · b` in sixteen accumulator lanes, which the compiler vectorises for the baseline target:
+/// the portable kernel, and one decode token's attention scores (`qwen3.rs`).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (mut ac, mut bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in ac.by_ref().zip(bc.by_ref()) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
+        s += x * y;
+    }
+    s
 }
 
 #[cfg(test)]

@@ -176,7 +176,8 @@ impl WeightDType {
         }
     }
 
-    fn ggml(self) -> Option<GgmlDType> {
+    /// The GGML block type of the matrices, `None` for plain f32.
+    pub(crate) fn ggml(self) -> Option<GgmlDType> {
         match self {
             Self::F32 => None,
             Self::Q8_0 => Some(GgmlDType::Q8_0),
@@ -292,7 +293,8 @@ impl Weight {
 /// - 1–16 rows: [`crate::matvec::matmul_wt`], one pass over the weight for all rows on every core
 ///   (one row streams at the machine's read rate; four rows take about 1.2× one row's time on a
 ///   1 GiB matrix, BENCHMARKS.md);
-/// - 17–64 rows: `(W · xᵀ)ᵀ`, which keeps the weight in its stored layout and stays nearly flat;
+/// - 17–64 rows (2–64 off the CPU): `(W · xᵀ)ᵀ`, which keeps the weight in its stored layout and
+///   stays nearly flat;
 /// - longer prompt chunks: the ordinary `x · Wᵀ`, compute-bound like any GEMM.
 struct Lin {
     w: Weight,
@@ -311,7 +313,7 @@ impl Lin {
                 let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32;
                 match m {
                     1..=16 if cpu_f32 => crate::matvec::matmul_wt(x, w)?,
-                    17..=64 => w.matmul(&x.t()?)?.t()?.contiguous()?,
+                    2..=64 => w.matmul(&x.t()?)?.t()?.contiguous()?,
                     _ => x.matmul(&w.t()?)?,
                 }
             }
@@ -874,7 +876,7 @@ fn decode_attention(
         let g = h / groups;
         for (t, s) in scores.iter_mut().enumerate() {
             let kt = &kd[(t * nkv + g) * hd..(t * nkv + g + 1) * hd];
-            *s = dot(qh, kt) * scale;
+            *s = crate::matvec::dot(qh, kt) * scale;
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -891,24 +893,6 @@ fn decode_attention(
         }
     }
     Ok(Tensor::from_vec(out, (1, 1, nh, hd), &Device::Cpu)?)
-}
-
-/// `a · b` in sixteen lanes, which the compiler vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Causal attention as matmuls (any device): prompt chunks, and every step off the CPU.

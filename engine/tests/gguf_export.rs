@@ -6,15 +6,14 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use qwen3_engine::chat::locate_tokenizer_dir;
 use qwen3_engine::gguf::{self, token_type};
-use qwen3_engine::qwen3::{random_weights, Qwen3, Qwen3Config, StepInput};
+use qwen3_engine::qwen3::{random_weights, Qwen3, Qwen3Config, StepInput, WeightDType};
 use serde_json::Value as Json;
 
-fn export(cfg: &Qwen3Config, tok: &Path, dtype: GgmlDType, path: &Path) {
-    let mut md = gguf::qwen3_metadata(cfg, "test", if dtype == GgmlDType::F32 { 0 } else { 7 });
+fn export(cfg: &Qwen3Config, tok: &Path, dtype: WeightDType, path: &Path) {
+    let mut md = gguf::qwen3_metadata(cfg, "test", dtype);
     md.extend(gguf::tokenizer_metadata(tok, cfg.vocab_size).unwrap());
     let weights = random_weights(cfg, 0, &Device::Cpu).unwrap();
     gguf::write(path, &md, &weights, dtype).unwrap();
@@ -48,7 +47,7 @@ fn exported_gguf_loads_as_the_preset_and_carries_llama_cpp_tokenizer_keys() {
 
     // f32: the same values as the server's `--preset tiny --seed 0`, so the same logits.
     let f32_path = tmp.path().join("tiny-f32.gguf");
-    export(&cfg, &tok, GgmlDType::F32, &f32_path);
+    export(&cfg, &tok, WeightDType::F32, &f32_path);
     let loaded = Qwen3::from_gguf(&f32_path, &Device::Cpu).unwrap();
     assert_eq!(loaded.config(), &cfg);
     let preset = Qwen3::random(&cfg, 0, &Device::Cpu).unwrap();
@@ -64,7 +63,7 @@ fn exported_gguf_loads_as_the_preset_and_carries_llama_cpp_tokenizer_keys() {
 
     // Q8_0: loads with its matrices quantized.
     let q8_path = tmp.path().join("tiny-q8_0.gguf");
-    export(&cfg, &tok, GgmlDType::Q8_0, &q8_path);
+    export(&cfg, &tok, WeightDType::Q8_0, &q8_path);
     let q8 = Qwen3::from_gguf(&q8_path, &Device::Cpu).unwrap();
     assert_eq!(q8.config(), &cfg);
     assert!(

@@ -3,11 +3,11 @@
 //!
 //! A decode step reads every weight once, so on a CPU it cannot run faster than
 //! `weight bytes / memory read bandwidth`; the bound is measured here by reading a 1 GiB buffer on
-//! every thread. A kernel table shows the batched mat-vec alone at 1-8 rows on a 1 GiB matrix, a
-//! shape table each of the model's matrix shapes at one row, and prefill is reported next to the
-//! machine's measured GEMM rate. The first table times the forward pass alone (greedy argmax); the others go
-//! through the scheduler (batching, chunked prefill, sampling, detokenization), which is what the
-//! server adds before HTTP.
+//! every thread. The first table times the forward pass alone (greedy argmax); a kernel table
+//! shows the batched mat-vec alone at 1-8 rows on a 1 GiB matrix, a shape table each of the
+//! model's matrix shapes at one row; the others go through the scheduler (batching, chunked
+//! prefill, sampling, detokenization), which is what the server adds before HTTP, and report
+//! prefill next to the machine's measured GEMM rate.
 //!
 //! `--dtype q8_0|q4k` quantizes the same random weights in process, as the server's `--dtype`
 //! does, so the f32 and quantized kernels can be compared at the same shapes; the bound then uses
@@ -110,10 +110,7 @@ fn prefetched_sum(c: &[f32]) -> f32 {
     for (i, w) in c.chunks_exact(64).enumerate() {
         #[cfg(target_arch = "x86_64")]
         for line in 0..4 {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let p = c.as_ptr().wrapping_add(i * 64 + line * 16 + 1024);
-            // SAFETY: a prefetch reads nothing the program sees and cannot fault.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+            qwen3_engine::matvec::prefetch(c, i * 64 + line * 16);
         }
         for (a, x) in acc.iter_mut().zip(w) {
             *a += x;

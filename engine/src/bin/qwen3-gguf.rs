@@ -16,12 +16,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use clap::Parser;
 use qwen3_engine::chat::locate_tokenizer_dir;
 use qwen3_engine::gguf;
-use qwen3_engine::qwen3::{random_weights, Qwen3Config};
+use qwen3_engine::qwen3::{random_weights, Qwen3Config, WeightDType};
 
 #[derive(Parser)]
 #[command(about = "Write a Qwen3 random-weight preset as a llama.cpp-compatible GGUF file")]
@@ -30,8 +29,8 @@ struct Args {
     #[arg(long, default_value = "qwen3-0.6b")]
     preset: String,
     /// Storage of the weight matrices: f32, q8_0 or q4k (norms stay F32).
-    #[arg(long, default_value = "q8_0")]
-    dtype: String,
+    #[arg(long, default_value = "q8_0", value_parser = parse_dtype)]
+    dtype: WeightDType,
     /// Seed of the random weights (the server's --seed).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -43,24 +42,16 @@ struct Args {
     out: PathBuf,
 }
 
-/// The GGML type of `--dtype` and llama.cpp's `general.file_type` for it.
-fn parse_dtype(s: &str) -> anyhow::Result<(GgmlDType, u32)> {
-    match s {
-        "f32" => Ok((GgmlDType::F32, 0)),
-        "q8_0" => Ok((GgmlDType::Q8_0, 7)),
-        // LLAMA_FTYPE_MOSTLY_Q4_K_M; every matrix is Q4_K here.
-        "q4k" => Ok((GgmlDType::Q4K, 15)),
-        other => anyhow::bail!("--dtype {other:?}: expected f32, q8_0 or q4k"),
-    }
+fn parse_dtype(s: &str) -> anyhow::Result<WeightDType> {
+    s.parse()
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (dtype, file_type) = parse_dtype(&args.dtype)?;
     let cfg = Qwen3Config::preset(&args.preset).context("--preset")?;
     let tok_dir = locate_tokenizer_dir(args.tokenizer_dir.as_deref())?;
     let name = format!("{}-random-seed{}", args.preset, args.seed);
-    let mut metadata = gguf::qwen3_metadata(&cfg, &name, file_type);
+    let mut metadata = gguf::qwen3_metadata(&cfg, &name, args.dtype);
     metadata.extend(
         gguf::tokenizer_metadata(&tok_dir, cfg.vocab_size)
             .with_context(|| format!("tokenizer from {}", tok_dir.display()))?,
@@ -74,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     // Written under a temporary name and renamed, so an interrupted run leaves no half file that
     // a later run would take as done.
     let tmp = args.out.with_extension("gguf.partial");
-    gguf::write(&tmp, &metadata, &weights, dtype)?;
+    gguf::write(&tmp, &metadata, &weights, args.dtype)?;
     std::fs::rename(&tmp, &args.out)
         .with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
     let bytes = std::fs::metadata(&args.out)
